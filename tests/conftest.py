@@ -1,0 +1,23 @@
+import numpy as np
+import pytest
+
+ACTIVATIONS = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "linear"]
+LOSSES = ["bce", "ce", "mse"]
+
+
+def make_problem(loss: str, m: int = 7, n_in: int = 5, n_out: int = 3, seed: int = 0):
+    """Random inputs and targets of the right kind for ``loss``."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, n_in))
+    if loss == "ce":
+        Y = rng.integers(0, n_out, size=m)
+    elif loss == "bce":
+        Y = rng.uniform(0, 1, size=(m, n_out))
+    else:
+        Y = rng.normal(size=(m, n_out))
+    return X, Y
+
+
+@pytest.fixture
+def problem():
+    return make_problem
