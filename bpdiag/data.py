@@ -39,13 +39,12 @@ class Dataset:
 
 
 def _spirals(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two interleaved spirals with 1.5 turns each, Gaussian noise 0.1·radius scale."""
-    half = n // 2
-    t = np.sqrt(rng.uniform(0, 1, size=n)) * 3 * np.pi
-    y = (np.arange(n) >= half).astype(np.int64)
+    """Two interleaved spirals of two turns each (radius ≤ 1), Gaussian noise σ = 0.03."""
+    y = (np.arange(n) >= n // 2).astype(np.int64)
+    t = np.sqrt(rng.uniform(0.02, 1, size=n)) * 4 * np.pi
     sign = np.where(y == 0, 1.0, -1.0)
-    X = np.c_[sign * t * np.cos(t), sign * t * np.sin(t)] / (3 * np.pi)
-    return X + rng.normal(0, 0.02, size=X.shape), y
+    X = np.c_[sign * t * np.cos(t), sign * t * np.sin(t)] / (4 * np.pi)
+    return X + rng.normal(0, 0.03, size=X.shape), y
 
 
 def _xor(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +61,9 @@ def _circles(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 def _blobs(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import make_blobs
 
-    return make_blobs(n, n_features=8, centers=4, cluster_std=2.0, random_state=int(rng.integers(2**31)))
+    return make_blobs(
+        n, n_features=8, centers=4, cluster_std=2.0, random_state=int(rng.integers(2**31))
+    )
 
 
 def _digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -267,7 +267,9 @@ def backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act
         if k > 0:
             D_prev = _block(deltas, a_off[k], mb, n_in)
             np.dot(D, _block(theta, w_off[k], n_out, n_in), D_prev)
-            _times_dphi(act, _block(zs, a_off[k], mb, n_in), _block(acts, a_off[k], mb, n_in), D_prev)
+            _times_dphi(
+                act, _block(zs, a_off[k], mb, n_in), _block(acts, a_off[k], mb, n_in), D_prev
+            )
 
 
 # ---------------------------------------------------------------- clipping and optimizers
@@ -410,7 +412,9 @@ def _record_layers(rec, act, sizes, w_off, b_off, a_off, mb, theta, grads, acts,
             bad += 0 if math.isfinite(grads[p]) else 1
         rec[k, L_NONFINITE] = bad
         # per-sample error ‖∂ℓ_i/∂z_l‖ = mb ‖δ_l[i]‖, its RMS over the batch = √(mb Σ δ²)
-        rec[k, L_DELTA_RMS] = math.sqrt(mb * _sumsq(deltas, a_off[k + 1], a_off[k + 1] + mb * n_out))
+        rec[k, L_DELTA_RMS] = math.sqrt(
+            mb * _sumsq(deltas, a_off[k + 1], a_off[k + 1] + mb * n_out)
+        )
         A = _block(acts, a_off[k + 1], mb, n_out)
         s = 0.0
         s2 = 0.0
@@ -430,7 +434,9 @@ def _record_layers(rec, act, sizes, w_off, b_off, a_off, mb, theta, grads, acts,
         rec[k, L_ACT_STD] = math.sqrt(max(s2 / cnt - mean * mean, 0.0))
         hidden = k < L - 1
         rec[k, L_FRAC_SAT] = sat / cnt if hidden and (act == SIGMOID or act == TANH) else np.nan
-        if hidden and (act == RELU or act == LEAKY_RELU or act == ELU or act == SELU or act == GELU):
+        if hidden and (
+            act == RELU or act == LEAKY_RELU or act == ELU or act == SELU or act == GELU
+        ):
             Z = _block(zs, a_off[k + 1], mb, n_out)
             dead = 0
             for j in range(n_out):
@@ -492,7 +498,9 @@ def train_steps(
             r = idx[lo + i]
             Xb[i, :] = X[r, :]
             Yv[i, :] = Y[r, :]
-        loss, acc = loss_and_grads(theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Yv, grads)
+        loss, acc = loss_and_grads(
+            theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Yv, grads
+        )
         total_sq = _sumsq(grads, 0, grads.size)
         bad = not (math.isfinite(loss) and math.isfinite(total_sq))
         stop = bad and codes[C_STOP_NONFINITE] != 0
@@ -503,7 +511,9 @@ def train_steps(
             rs[S_LOSS] = loss
             rs[S_ACC] = acc
             rs[S_GNORM] = math.sqrt(total_sq)
-            _record_layers(rec_layer[row], act, sizes, w_off, b_off, a_off, mb, theta, grads, acts, zs, deltas)
+            _record_layers(
+                rec_layer[row], act, sizes, w_off, b_off, a_off, mb, theta, grads, acts, zs, deltas
+            )
         if stop:
             rec_step[row, S_GNORM_CLIPPED] = np.nan
             rec_step[row, S_CLIP_COEF] = np.nan
@@ -518,7 +528,9 @@ def train_steps(
             if clip_code == NORM:
                 rec_step[row, S_CLIP_COEF] = coef
             else:
-                rec_step[row, S_CLIP_COEF] = math.sqrt(clipped_sq / total_sq) if total_sq > 0 else 1.0
+                rec_step[row, S_CLIP_COEF] = (
+                    math.sqrt(clipped_sq / total_sq) if total_sq > 0 else 1.0
+                )
         for k in range(L):
             w0, b0, nw = w_off[k], b_off[k], sizes[k + 1] * sizes[k]
             if recording:
@@ -527,7 +539,9 @@ def train_steps(
             update(opt, hp, step + 1, theta, grads, state, b0, b0 + sizes[k + 1])
             if recording:
                 w_norm = rec_layer[row, k, L_WEIGHT_NORM]
-                rec_layer[row, k, L_UPDATE_RATIO] = math.sqrt(dsq) / w_norm if w_norm > 0 else np.inf
+                rec_layer[row, k, L_UPDATE_RATIO] = (
+                    math.sqrt(dsq) / w_norm if w_norm > 0 else np.inf
+                )
         if recording:
             row += 1
     return n_steps, row, STATUS_OK

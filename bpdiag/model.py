@@ -65,7 +65,9 @@ class Layout:
 
 def _check_sizes(sizes: object) -> list[int]:
     if not isinstance(sizes, Sequence | np.ndarray) or isinstance(sizes, str):
-        raise TypeError(f"sizes must be a list of layer widths [n_in, h1, ..., n_out], got {sizes!r}")
+        raise TypeError(
+            f"sizes must be a list of layer widths [n_in, h1, ..., n_out], got {sizes!r}"
+        )
     sizes = list(sizes)
     if len(sizes) < 2:
         raise ValueError(f"sizes needs at least [n_in, n_out], got {sizes!r}")
@@ -81,13 +83,17 @@ def as_real_array(name: str, value: object, dtype: np.dtype, ndim: tuple[int, ..
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.ndim not in ndim:
-        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must have {' or '.join(map(str, ndim))} dimensions, got shape {arr.shape}"
+        )
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+        raise ValueError(
+            f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})"
+        )
     return arr
 
 
@@ -128,7 +134,9 @@ class MLP:
             self.out_act_code = activation_code(output_activation, "output_activation")
             self.output_activation = output_activation
         if self.loss_code == CE and self.sizes[-1] < 2:
-            raise ValueError(f"loss 'ce' needs at least 2 outputs, got sizes[-1] = {self.sizes[-1]}")
+            raise ValueError(
+                f"loss 'ce' needs at least 2 outputs, got sizes[-1] = {self.sizes[-1]}"
+            )
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.layout = Layout.of(self.sizes)
@@ -191,11 +199,15 @@ class MLP:
         """Targets as the (m, k) array the kernels read (ce: labels as floats in one column)."""
         k = self.sizes[-1]
         if self.loss_code == CE:
-            labels = as_real_array(name, Y, np.float64, (1,))
+            labels = as_real_array(name, Y, np.float64, (1, 2))
             if labels.shape != (m,):
-                raise ValueError(f"{name} for loss 'ce' must be integer labels of shape ({m},), got {labels.shape}")
+                raise ValueError(
+                    f"{name} for loss 'ce' must be integer labels of shape ({m},), got {labels.shape}"
+                )
             if np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= k:
-                raise ValueError(f"{name} labels must be integers in [0, {k}), got range [{labels.min()}, {labels.max()}]")
+                raise ValueError(
+                    f"{name} labels must be integers in [0, {k}), got range [{labels.min()}, {labels.max()}]"
+                )
             return labels.astype(self.dtype).reshape(m, 1)
         Y = as_real_array(name, Y, self.dtype, (1, 2))
         if Y.ndim == 1 and k == 1:
@@ -203,7 +215,9 @@ class MLP:
         if Y.shape != (m, k):
             raise ValueError(f"{name} must have shape ({m}, {k}), got {Y.shape}")
         if self.loss_code == BCE and (Y.min() < 0 or Y.max() > 1):
-            raise ValueError(f"{name} targets for loss 'bce' must be in [0, 1], got range [{Y.min()}, {Y.max()}]")
+            raise ValueError(
+                f"{name} targets for loss 'bce' must be in [0, 1], got range [{Y.min()}, {Y.max()}]"
+            )
         return Y
 
     # ------------------------------------------------------------ computation

@@ -1,0 +1,54 @@
+"""Hooks: callables that ``train()`` calls once per chunk of steps with a ``Chunk``.
+
+A hook returns True to stop training. Library hooks never print on their own: ``Progress`` draws
+a rich progress bar only when the CLI (or a user) passes it in.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bpdiag.train import Chunk
+
+
+class EarlyStop:
+    """Stop once a recorded loss is at or below ``target_loss``."""
+
+    def __init__(self, target_loss: float) -> None:
+        self.target_loss = target_loss
+
+    def __call__(self, chunk: Chunk) -> bool:
+        return bool((chunk.steps["loss"] <= self.target_loss).any())
+
+
+class Progress:
+    """A rich progress bar over optimizer steps, showing the last recorded loss."""
+
+    def __init__(self, description: str = "training") -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True,
+        )  # fmt: skip
+        self.description = description
+        self.task = None
+
+    def __call__(self, chunk: Chunk) -> None:
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=chunk.total_steps, loss="-")
+        loss = chunk.steps["loss"].iloc[-1] if len(chunk.steps) else math.nan
+        self.bar.update(self.task, completed=chunk.step, loss=f"{loss:.4g}")
+        if chunk.step >= chunk.total_steps or chunk.nonfinite:
+            self.close()
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.bar.stop()
