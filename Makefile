@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import bpdiag, numba, mlflow, pytest"
 ifneq ($(TORCH_WHEEL),)
 	$(BIN)/python -c "import torch" 2>/dev/null || \
-	  $(BIN)/python -m pip install -q '.[bench]' 2>&1 | grep -v "is ignored" || true
+	  $(BIN)/python -m pip install -q -e '.[dev,bench]' 2>&1 | grep -v "is ignored" || true
 endif
 	touch $@
 
@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bpdiag tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench.py
 
 clean:
