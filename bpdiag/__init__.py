@@ -3,8 +3,9 @@
 Heavy modules (mlflow, dask, matplotlib, scikit-learn) are imported where they are used.
 """
 
+from bpdiag.diagnose import Diagnosis, Thresholds, diagnose
 from bpdiag.model import MLP
 from bpdiag.train import History, train
 
-__all__ = ["MLP", "History", "train"]
+__all__ = ["MLP", "Diagnosis", "History", "Thresholds", "diagnose", "train"]
 __version__ = "0.1.0"

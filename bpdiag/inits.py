@@ -103,6 +103,22 @@ def get_init(name: str) -> Init:
     raise ValueError(f"unknown init {name!r}; valid: {valid}")
 
 
+def weight_variance(init: str, n_out: int, n_in: int) -> float:
+    """Var(W_ij) that ``init`` draws for a (n_out, n_in) layer (the σ_w²/n_in of mean-field theory)."""
+    get_init(init)  # validates the name
+    for prefix, var in (("normal_", lambda v: v * v), ("uniform_", lambda v: v * v / 3.0)):
+        if init.startswith(prefix):
+            return var(float(init[len(prefix) :]))
+    family = init.rsplit("_", 1)[0]
+    return {
+        "zeros": 0.0,
+        "xavier": _xavier(n_out, n_in),
+        "he": _he(n_out, n_in),
+        "lecun": _lecun(n_out, n_in),
+        "orthogonal": 1.0 / max(n_out, n_in),  # orthonormal rows (or columns)
+    }[family]
+
+
 def init_weights(sizes: list[int], init: str, seed: int) -> list[np.ndarray]:
     """Weights W_l of shape (sizes[l], sizes[l-1]) for l = 1..L, float64, drawn from ``seed``."""
     draw = get_init(init)

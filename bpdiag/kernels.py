@@ -293,20 +293,22 @@ def _scale(x, lo, hi, c):
 def clip(clip_code, c, theta, grads, sizes, w_off, b_off, total_sq):
     """Clip ``grads`` in place (see ``bpdiag.clipping``); ``total_sq`` = ‖g‖² before clipping.
 
-    Returns the coefficient of ``norm`` clipping (1.0 for the other modes).
+    Returns (coefficient of ``norm`` clipping or 1.0, whether any entry changed).
     """
     if clip_code == NONE:
-        return 1.0
-    L = sizes.size - 1
+        return 1.0, False
     if clip_code == NORM:
         coef = min(c / (math.sqrt(total_sq) + NORM_EPS), 1.0)
         _scale(grads, 0, grads.size, coef)
-        return coef
+        return coef, coef < 1.0
+    clipped = False
     if clip_code == VALUE:
         for p in range(grads.size):
-            grads[p] = min(max(grads[p], -c), c)
-        return 1.0
-    for k in range(L):
+            g = grads[p]
+            grads[p] = min(max(g, -c), c)
+            clipped |= grads[p] != g
+        return 1.0, clipped
+    for k in range(sizes.size - 1):
         n_in, n_out = sizes[k], sizes[k + 1]
         w0, b0 = w_off[k], b_off[k]
         if clip_code == LAYER:
@@ -314,6 +316,7 @@ def clip(clip_code, c, theta, grads, sizes, w_off, b_off, total_sq):
             coef = min(c / (norm + NORM_EPS), 1.0)
             _scale(grads, w0, w0 + n_out * n_in, coef)
             _scale(grads, b0, b0 + n_out, coef)
+            clipped |= coef < 1.0
         elif clip_code == AGC:
             for i in range(n_out + 1):  # rows of W, then the bias vector as one unit
                 lo, hi = (w0 + i * n_in, w0 + (i + 1) * n_in) if i < n_out else (b0, b0 + n_out)
@@ -321,7 +324,8 @@ def clip(clip_code, c, theta, grads, sizes, w_off, b_off, total_sq):
                 max_norm = c * max(math.sqrt(_sumsq(theta, lo, hi)), AGC_EPS)
                 if not g_norm < max_norm:
                     _scale(grads, lo, hi, max_norm / max(g_norm, AGC_DIV_EPS))
-    return 1.0
+                    clipped = True
+    return 1.0, clipped
 
 
 @njit(**JIT)
@@ -396,20 +400,24 @@ def update(opt, hp, t, theta, grads, state, lo, hi):
 
 
 @njit(**JIT)
-def _record_layers(rec, act, sizes, w_off, b_off, a_off, mb, theta, grads, acts, zs, deltas):
-    """Per-layer statistics of the current step, before clipping and update, into rec (L, cols)."""
+def _record_layers(rec, act, sizes, w_off, b_off, a_off, mb, theta, grads, gsq, acts, zs, deltas):
+    """Per-layer statistics of the current step, before clipping and update, into rec (L, cols).
+
+    gsq (L, 2): ‖∂L/∂W_l‖², ‖∂L/∂b_l‖² already computed for this step.
+    """
     L = sizes.size - 1
     for k in range(L):
         n_in, n_out = sizes[k], sizes[k + 1]
         w0, b0, nw = w_off[k], b_off[k], n_out * n_in
-        rec[k, L_GRAD_W] = math.sqrt(_sumsq(grads, w0, w0 + nw))
-        rec[k, L_GRAD_B] = math.sqrt(_sumsq(grads, b0, b0 + n_out))
+        rec[k, L_GRAD_W] = math.sqrt(gsq[k, 0])
+        rec[k, L_GRAD_B] = math.sqrt(gsq[k, 1])
         rec[k, L_WEIGHT_NORM] = math.sqrt(_sumsq(theta, w0, w0 + nw))
         bad = 0
-        for p in range(w0, w0 + nw):
-            bad += 0 if math.isfinite(grads[p]) else 1
-        for p in range(b0, b0 + n_out):
-            bad += 0 if math.isfinite(grads[p]) else 1
+        if not math.isfinite(gsq[k, 0] + gsq[k, 1]):  # a finite sum of squares has no NaN/Inf
+            for p in range(w0, w0 + nw):
+                bad += 0 if math.isfinite(grads[p]) else 1
+            for p in range(b0, b0 + n_out):
+                bad += 0 if math.isfinite(grads[p]) else 1
         rec[k, L_NONFINITE] = bad
         # per-sample error ‖∂ℓ_i/∂z_l‖ = mb ‖δ_l[i]‖, its RMS over the batch = √(mb Σ δ²)
         rec[k, L_DELTA_RMS] = math.sqrt(
@@ -477,17 +485,19 @@ def loss_and_grads(theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Y
 def train_steps(
     theta, grads, state, hp, clip_value, codes, sizes, w_off, b_off, a_off,
     acts, zs, deltas, Yb, X, Y, idx, starts, step0, last_step, record_every,
-    rec_step, rec_layer, row,
+    rec_step, rec_layer, row, counters,
 ):  # fmt: skip
     """Run len(starts) − 1 optimizer steps; step s uses rows idx[starts[s]:starts[s+1]] of X, Y.
 
     Records at steps ≡ 0 (mod record_every), at ``last_step`` and at a non-finite step into
-    ``rec_step[row]``/``rec_layer[row]``, advancing ``row``. Returns (steps done, row, status).
+    ``rec_step[row]``/``rec_layer[row]``, advancing ``row``; counters[0] counts clipped steps.
+    Returns (steps done, row, status).
     """
     L = sizes.size - 1
     n_in = sizes[0]
     n_steps = starts.size - 1
     opt, clip_code, act = codes[C_OPT], codes[C_CLIP], codes[C_ACT]
+    gsq = np.empty((L, 2))
     for s in range(n_steps):
         step = step0 + s
         lo = starts[s]
@@ -501,9 +511,14 @@ def train_steps(
         loss, acc = loss_and_grads(
             theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Yv, grads
         )
-        total_sq = _sumsq(grads, 0, grads.size)
-        bad = not (math.isfinite(loss) and math.isfinite(total_sq))
-        stop = bad and codes[C_STOP_NONFINITE] != 0
+        total_sq = 0.0
+        for k in range(L):
+            gsq[k, 0] = _sumsq(grads, w_off[k], w_off[k] + sizes[k + 1] * sizes[k])
+            gsq[k, 1] = _sumsq(grads, b_off[k], b_off[k] + sizes[k + 1])
+            total_sq += gsq[k, 0] + gsq[k, 1]
+        stop = codes[C_STOP_NONFINITE] != 0 and not (
+            math.isfinite(loss) and math.isfinite(total_sq)
+        )
         recording = step % record_every == 0 or step == last_step or stop
         if recording:
             rs = rec_step[row]
@@ -512,18 +527,26 @@ def train_steps(
             rs[S_ACC] = acc
             rs[S_GNORM] = math.sqrt(total_sq)
             _record_layers(
-                rec_layer[row], act, sizes, w_off, b_off, a_off, mb, theta, grads, acts, zs, deltas
+                rec_layer[row],
+                act,
+                sizes,
+                w_off,
+                b_off,
+                a_off,
+                mb,
+                theta,
+                grads,
+                gsq,
+                acts,
+                zs,
+                deltas,
             )
-        if stop:
-            rec_step[row, S_GNORM_CLIPPED] = np.nan
-            rec_step[row, S_CLIP_COEF] = np.nan
-            for k in range(L):
-                rec_layer[row, k, L_GRAD_W_CLIPPED] = np.nan
-                rec_layer[row, k, L_UPDATE_RATIO] = np.nan
+        if stop:  # keep the failing step's record; nothing is clipped or updated
             return s, row + 1, STATUS_NONFINITE
-        coef = clip(clip_code, clip_value, theta, grads, sizes, w_off, b_off, total_sq)
+        coef, clipped = clip(clip_code, clip_value, theta, grads, sizes, w_off, b_off, total_sq)
+        counters[0] += clipped
         if recording:
-            clipped_sq = _sumsq(grads, 0, grads.size) if clip_code != NONE else total_sq
+            clipped_sq = _sumsq(grads, 0, grads.size) if clipped else total_sq
             rec_step[row, S_GNORM_CLIPPED] = math.sqrt(clipped_sq)
             if clip_code == NORM:
                 rec_step[row, S_CLIP_COEF] = coef
@@ -534,7 +557,9 @@ def train_steps(
         for k in range(L):
             w0, b0, nw = w_off[k], b_off[k], sizes[k + 1] * sizes[k]
             if recording:
-                rec_layer[row, k, L_GRAD_W_CLIPPED] = math.sqrt(_sumsq(grads, w0, w0 + nw))
+                rec_layer[row, k, L_GRAD_W_CLIPPED] = (
+                    math.sqrt(_sumsq(grads, w0, w0 + nw)) if clipped else math.sqrt(gsq[k, 0])
+                )
             dsq = update(opt, hp, step + 1, theta, grads, state, w0, w0 + nw)
             update(opt, hp, step + 1, theta, grads, state, b0, b0 + sizes[k + 1])
             if recording:
@@ -545,3 +570,21 @@ def train_steps(
         if recording:
             row += 1
     return n_steps, row, STATUS_OK
+
+
+@njit(**JIT)
+def phi_array(code, z):
+    """φ(z) elementwise over a float64 array (used by the theory's quadrature)."""
+    out = np.empty_like(z)
+    for i in range(z.size):
+        out[i] = _phi(code, z[i])
+    return out
+
+
+@njit(**JIT)
+def dphi_array(code, z):
+    """φ'(z) elementwise over a float64 array."""
+    out = np.empty_like(z)
+    for i in range(z.size):
+        out[i] = _dphi(code, z[i], _phi(code, z[i]))
+    return out

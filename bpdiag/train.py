@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from bpdiag import kernels
 from bpdiag.clipping import clip_code
+from bpdiag.diagnose import Diagnosis, diagnose
 from bpdiag.model import MLP
 from bpdiag.optim import resolve_optimizer
+from bpdiag.theory import Prediction, predict
 
 CHUNK_SECONDS = 0.25  # target wall time of one kernel call; hooks see the records once per chunk
 
@@ -63,7 +67,7 @@ class Chunk:
 
 @dataclass
 class History:
-    """Everything recorded by one ``train()`` call."""
+    """Everything recorded by one ``train()`` call, with its diagnosis and summary."""
 
     steps: pd.DataFrame  # one row per record: step, loss, accuracy, grad_norm_total, ...
     layers: pd.DataFrame  # long form: step, layer (1-based), grad_norm_W, delta_rms, ...
@@ -71,7 +75,47 @@ class History:
     diverged_step: int  # first step with a non-finite loss or gradient, −1 if none
     stopped_by: str | None  # None, "nonfinite" or the class name of the hook that stopped
     train_seconds: float
+    clipped_steps: int  # steps whose gradient the clipping changed
+    model: dict  # sizes, activation, init, loss, dtype of the net
+    input_second_moment: float  # q_0 = E[x²] of the training inputs (for the theory)
+    final: dict = field(default_factory=dict)  # loss/accuracy on the training (and test) set
     config: dict = field(default_factory=dict)
+
+    @cached_property
+    def theory(self) -> Prediction | None:
+        """Mean-field prediction at init (None for a one-layer net)."""
+        m = self.model
+        if len(m["sizes"]) < 3:
+            return None
+        return predict(m["sizes"], m["activation"], m["init"], self.input_second_moment)
+
+    @cached_property
+    def diagnosis(self) -> Diagnosis:
+        """The verdict with default thresholds; ``bpdiag.diagnose(hist, ...)`` to override them."""
+        return diagnose(self)
+
+    @property
+    def summary(self) -> dict[str, float]:
+        """Flat summary metrics of the run (the MLflow summary metrics)."""
+        ev = self.diagnosis.evidence
+        return {
+            **self.final,
+            "grad_ratio_first_last": ev["delta_ratio_init"],
+            "grad_ratio_first_last_W": ev["grad_W_ratio_init"],
+            "grad_ratio_first_last_theory": ev["delta_ratio_theory"],
+            "decay_per_layer": ev["decay_per_layer"],
+            "decay_per_layer_theory": ev["decay_per_layer_theory"],
+            "chi1_theory": ev["chi1_theory"],
+            "depth_scale_theory": ev["depth_scale_theory"],
+            "clip_fraction": self.clipped_steps / max(self.steps_done, 1),
+            "dead_fraction": ev["dead_fraction"],
+            "saturated_fraction": ev["saturated_fraction"],
+            "diverged_step": float(ev["diverged_step"]),
+            "train_seconds": self.train_seconds,
+            "steps_per_second": self.steps_done / self.train_seconds
+            if self.train_seconds > 0
+            else math.nan,
+        }
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -84,7 +128,9 @@ def _tables(rec_step: np.ndarray, rec_layer: np.ndarray) -> tuple[pd.DataFrame, 
     steps = pd.DataFrame(rec_step, columns=list(kernels.STEP_COLUMNS))
     steps["step"] = steps["step"].astype(np.int64)
     n, L, _ = rec_layer.shape
-    layers = pd.DataFrame(rec_layer.reshape(n * L, -1), columns=list(kernels.LAYER_COLUMNS))
+    layers = pd.DataFrame(
+        rec_layer.reshape(n * L, len(kernels.LAYER_COLUMNS)), columns=list(kernels.LAYER_COLUMNS)
+    )
     layers.insert(0, "layer", np.tile(np.arange(1, L + 1), n))
     layers.insert(0, "step", np.repeat(steps["step"].to_numpy(), L))
     layers["nonfinite"] = layers["nonfinite"].astype(np.int64)
@@ -105,7 +151,8 @@ def train(
     record_every: int = 10,
     seed: int = 0,
     hooks: Sequence[object] = (),
-    stop_on_nonfinite: bool = True,
+    eval_data: tuple[object, object] | None = None,
+    nan_guard: bool = True,
     **optimizer_options: object,
 ) -> History:
     """Train ``net`` in place for ``steps`` optimizer steps and return what was recorded.
@@ -113,15 +160,17 @@ def train(
     X: (m, n_in); Y: targets as ``MLP.loss_and_grads`` takes them. ``batch_size=None`` is full
     batch. Optimizer options use PyTorch's keyword names (``momentum``, ``betas``, ``eps``, ...).
     Records are taken at steps 0, record_every, 2·record_every, ..., the last step, and the step
-    where a non-finite loss or gradient appears; training stops there if ``stop_on_nonfinite``
-    (otherwise ``diverged_step`` is the first *recorded* non-finite step).
-    A hook is a callable ``hook(chunk: Chunk) -> bool | None``; returning True stops training.
+    where a non-finite loss or gradient appears. The NaN guard (``nan_guard=True``) stops training
+    inside the kernel at that step, before any update; without it ``diverged_step`` is the first
+    *recorded* non-finite step. A hook is a callable ``hook(chunk: Chunk) -> bool | None`` called
+    once per kernel call; returning True stops training. ``eval_data=(X_test, Y_test)`` adds
+    ``test_loss``/``test_accuracy`` to the summary.
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a bpdiag.MLP, got {type(net).__name__}")
     X = net.check_X(X)
     m = X.shape[0]
-    Y = net.check_Y(Y, m)
+    Y_raw, Y = Y, net.check_Y(Y, m)
     steps = _positive_int("steps", steps)
     record_every = _positive_int("record_every", record_every)
     batch = m if batch_size is None else min(_positive_int("batch_size", batch_size), m)
@@ -129,6 +178,11 @@ def train(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     opt_code, hp = resolve_optimizer(optimizer, lr, dict(optimizer_options))
     c_code, c_value = clip_code(clip, clip_value)
+    if eval_data is not None:
+        if not isinstance(eval_data, tuple | list) or len(eval_data) != 2:
+            raise TypeError("eval_data must be a pair (X_test, Y_test)")
+        X_test = net.check_X(eval_data[0], "eval_data X")
+        net.check_Y(eval_data[1], X_test.shape[0], "eval_data Y")
     for hook in hooks:
         if not callable(hook):
             raise TypeError(f"hooks must be callables taking a Chunk, got {hook!r}")
@@ -139,7 +193,8 @@ def train(
     Yb = np.zeros((batch, Y.shape[1]), net.dtype)
     grads = np.zeros_like(net.theta)
     state = np.zeros((3, lay.n_params), net.dtype)
-    codes = net.codes(opt_code, c_code, stop_on_nonfinite)
+    codes = net.codes(opt_code, c_code, nan_guard)
+    counters = np.zeros(1, np.int64)
     n_rec = (steps - 1) // record_every + 2  # cadence, the last step, a non-finite step
     rec_step = np.full((n_rec, len(kernels.STEP_COLUMNS)), np.nan)
     rec_layer = np.full((n_rec, net.depth, len(kernels.LAYER_COLUMNS)), np.nan)
@@ -154,7 +209,7 @@ def train(
         k, new_row, status = kernels.train_steps(
             net.theta, grads, state, hp, c_value, codes, lay.sizes, lay.w_off, lay.b_off, a_off,
             acts, zs, deltas, Yb, X, Y, idx, starts, done, steps - 1, record_every,
-            rec_step, rec_layer, row,
+            rec_step, rec_layer, row, counters,
         )  # fmt: skip
         elapsed = time.perf_counter() - t0
         if status == kernels.STATUS_NONFINITE:
@@ -172,9 +227,15 @@ def train(
     if diverged < 0:  # without the guard: the first recorded non-finite step
         bad = ~np.isfinite(steps_df["loss"]) | ~np.isfinite(steps_df["grad_norm_total"])
         diverged = int(steps_df["step"][bad].iloc[0]) if bad.any() else -1
+    final = dict(zip(("final_loss", "final_accuracy"), net.evaluate(X, Y_raw), strict=True))
+    if eval_data is not None:
+        final.update(zip(("test_loss", "test_accuracy"), net.evaluate(*eval_data), strict=True))
+    model = {"sizes": net.sizes, "activation": net.activation, "init": net.init, "loss": net.loss,
+             "dtype": net.dtype.name}  # fmt: skip
     config = {
         "optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": batch_size,
         "shuffle": shuffle, "clip": clip, "clip_value": clip_value,
         "record_every": record_every, "seed": seed, **optimizer_options,
     }  # fmt: skip
-    return History(steps_df, layers_df, done, diverged, stopped_by, seconds, config)
+    return History(steps_df, layers_df, done, diverged, stopped_by, seconds, int(counters[0]),
+                   model, float(np.mean(X.astype(np.float64) ** 2)), final, config)  # fmt: skip
