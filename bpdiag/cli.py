@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from bpdiag.activations import ACTIVATIONS
@@ -43,14 +45,15 @@ def main() -> None:
 @click.option(
     "--dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True
 )
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bpdiag-out"),
+              show_default=True, help="folder for gradient_flow.png and grad_norm_vs_depth.png")  # fmt: skip
 def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_size, clip,
-          clip_value, record_every, seed, dtype) -> None:  # fmt: skip
-    """Train one configuration and print how its gradients behaved, layer by layer."""
+          clip_value, record_every, seed, dtype, out) -> None:  # fmt: skip
+    """Train one configuration; print the verdict, its evidence and the per-layer gradients."""
     from rich.console import Console
-    from rich.table import Table
 
     import bpdiag
-    from bpdiag import data
+    from bpdiag import data, plots
     from bpdiag.hooks import Progress
 
     console = Console()
@@ -61,25 +64,54 @@ def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_s
         progress = Progress(f"{dataset} depth {depth} {activation} {init}")
         hist = bpdiag.train(net, ds.X_train, ds.Y_train, optimizer=optimizer, lr=lr, steps=steps,
                             batch_size=batch_size, clip=clip, clip_value=clip_value,
-                            record_every=record_every, seed=seed, hooks=[progress])  # fmt: skip
+                            record_every=record_every, seed=seed, hooks=[progress],
+                            eval_data=(ds.X_test, ds.Y_test))  # fmt: skip
         progress.close()
     except (ValueError, TypeError) as err:
         raise click.UsageError(str(err)) from None
-    test_loss, test_acc = net.evaluate(ds.X_test, ds.Y_test)
-    first, last = hist.steps.iloc[0], hist.steps.iloc[-1]
-    console.print(f"[bold]{net!r}[/] trained {hist.steps_done} steps in {hist.train_seconds:.2f} s")
-    if hist.stopped_by == "nonfinite":
-        console.print(f"[red]non-finite loss or gradient at step {hist.diverged_step}[/]")
-    console.print(f"loss {first['loss']:.4g} → {last['loss']:.4g}; "
-                  f"train accuracy {last['accuracy']:.3f}; test accuracy {test_acc:.3f}")  # fmt: skip
-    table = Table(title="per-layer gradient norms ‖∂L/∂W_l‖ and error signal RMS ‖δ_l‖")
-    for col in ("layer", "‖dW‖ at init", "‖dW‖ at end", "δ rms at init", "δ rms at end"):
+    console.print(f"[bold]{net!r}[/]: {hist.steps_done} steps in {hist.train_seconds:.2f} s")
+    print_verdict(console, hist.diagnosis, hist.summary)
+    print_layer_table(console, hist.layers)
+    out.mkdir(parents=True, exist_ok=True)
+    plots.save(plots.gradient_flow(hist), out / "gradient_flow.png")
+    plots.save(plots.norm_vs_depth(hist), out / "grad_norm_vs_depth.png")
+    console.print(f"figures: {out / 'gradient_flow.png'}, {out / 'grad_norm_vs_depth.png'}")
+
+
+VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "bold red",
+                 "dead": "dim", "saturated": "magenta"}  # fmt: skip
+
+
+def print_verdict(console, diagnosis, summary: dict) -> None:
+    """The label, its reason and the evidence (measured beside theory) as a table."""
+    from rich.table import Table
+
+    style = VERDICT_STYLE.get(diagnosis.label, "bold")
+    console.print(f"verdict: [{style}]{diagnosis.label}[/] — {diagnosis.reason}")
+    table = Table(title="evidence", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in {
+        **diagnosis.evidence,
+        **{k: v for k, v in summary.items() if "accuracy" in k},
+    }.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def print_layer_table(console, layers) -> None:
+    """Per-layer weight-gradient norm and error-signal RMS at init and at the end."""
+    from rich.table import Table
+
+    table = Table(title="per layer: ‖∂L/∂W_l‖ and RMS ‖δ_l‖, at init and at the end")
+    for col in ("layer", "‖dW‖ init", "‖dW‖ end", "δ rms init", "δ rms end", "dead", "saturated"):
         table.add_column(col, justify="right")
-    layers = hist.layers
-    init_rows = layers[layers.step == first["step"]].set_index("layer")
-    end_rows = layers[layers.step == last["step"]].set_index("layer")
-    for layer in init_rows.index:
-        table.add_row(str(layer), *(f"{v:.3e}" for v in (
-            init_rows.at[layer, "grad_norm_W"], end_rows.at[layer, "grad_norm_W"],
-            init_rows.at[layer, "delta_rms"], end_rows.at[layer, "delta_rms"])))  # fmt: skip
+    first = layers[layers.step == layers.step.min()].set_index("layer")
+    last = layers[layers.step == layers.step.max()].set_index("layer")
+    for layer in first.index:
+        cells = (first.at[layer, "grad_norm_W"], last.at[layer, "grad_norm_W"],
+                 first.at[layer, "delta_rms"], last.at[layer, "delta_rms"])  # fmt: skip
+        extra = [f"{last.at[layer, c]:.0%}" if last.at[layer, c] == last.at[layer, c] else "-"
+                 for c in ("frac_dead", "frac_saturated")]  # fmt: skip
+        table.add_row(str(layer), *(f"{v:.3e}" for v in cells), *extra)
     console.print(table)

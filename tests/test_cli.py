@@ -1,0 +1,31 @@
+"""The ``bpdiag`` command, through click's CliRunner."""
+
+from click.testing import CliRunner
+
+from bpdiag.cli import main
+
+
+def test_help_lists_commands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "train" in result.output
+
+
+def test_train_prints_verdict_and_writes_figures(tmp_path):
+    args = ["train", "--depth", "12", "--width", "32", "--activation", "sigmoid", "--init",
+            "xavier_normal", "--optimizer", "sgd", "--lr", "0.1", "--steps", "50",
+            "--out", str(tmp_path / "figs")]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "verdict: vanishing" in result.output
+    assert "delta_ratio_theory" in result.output and "test_accuracy" in result.output
+    assert (tmp_path / "figs" / "gradient_flow.png").exists()
+    assert (tmp_path / "figs" / "grad_norm_vs_depth.png").exists()
+
+
+def test_bad_values_exit_2_with_a_message(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--init", "glorot", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown init 'glorot'" in result.output
+    result = CliRunner().invoke(main, ["train", "--clip", "norm", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "needs clip_value" in result.output
+    result = CliRunner().invoke(main, ["train", "--activation", "swish"])
+    assert result.exit_code == 2 and "swish" in result.output
