@@ -39,7 +39,9 @@ from bpdiag.activations import (
     SIGMOID,
     TANH,
 )
+from bpdiag import vmath
 from bpdiag.clipping import AGC, AGC_DIV_EPS, AGC_EPS, LAYER, NONE, NORM, NORM_EPS, VALUE
+from bpdiag.jit import FAST, INLINE, JIT
 from bpdiag.losses import BCE, CE
 from bpdiag.optim import (
     ADAM,
@@ -57,7 +59,6 @@ from bpdiag.optim import (
     WEIGHT_DECAY,
 )
 
-JIT = {"cache": True, "error_model": "numpy"}
 
 # codes vector: which activation, output activation, loss, optimizer, clipping, NaN guard.
 C_ACT, C_OUT_ACT, C_LOSS, C_OPT, C_CLIP, C_STOP_NONFINITE = range(6)
@@ -102,6 +103,11 @@ LAYER_COLUMNS = (
 
 STATUS_OK, STATUS_NONFINITE = 0, 1
 
+# Per-layer sums the passes of every step accumulate (the recorders read them).
+STATS = ("act_sum", "act_sumsq", "saturated", "dead", "delta_sumsq", "gW_sumsq", "gb_sumsq")
+T_ACT_SUM, T_ACT_SQ, T_SAT, T_DEAD, T_DELTA_SQ, T_GW_SQ, T_GB_SQ = range(len(STATS))
+N_STATS = len(STATS)
+
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -111,22 +117,22 @@ INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 @njit(**JIT)
 def _sigmoid(z):
-    """σ(z) without overflow warnings: e^z/(1+e^z) for z < 0."""
+    """σ(z) with libm's exp, exact in the far tails too (used by the loss on the logits)."""
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _phi(code, z):
-    """φ(z) for one scalar."""
+    """φ(z) for one scalar (tanh and sigmoid by the vectorizable ``bpdiag.vmath``)."""
     if code == SIGMOID:
-        return _sigmoid(z)
+        return vmath.sigmoid(z)
     if code == TANH:
-        return math.tanh(z)
+        return vmath.tanh(z)
     if code == RELU:
-        return z if z > 0 else 0.0 * z
+        return z if z > 0 else 0.0 * z  # 0·z keeps NaN
     if code == LEAKY_RELU:
         return z if z > 0 else LEAKY_SLOPE * z
     if code == ELU:
@@ -138,7 +144,7 @@ def _phi(code, z):
     return z
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _dphi(code, z, a):
     """φ'(z), from the stored activation a = φ(z) where that is cheaper (seed's table)."""
     if code == SIGMOID:
@@ -158,26 +164,87 @@ def _dphi(code, z, a):
     return 1.0
 
 
-@njit(**JIT)
-def _bias_activate(code, Z, b, A):
-    """z ← z + b (in place) and a = φ(z), for every row of the (mb, n) block."""
+@njit(**FAST)
+def _bias_activate(code, Z, b, A, stats, alive):
+    """z ← z + b (in place) and a = φ(z) over the (mb, n) block, one vectorizable loop per
+    activation. Accumulates Σa, Σa² and the saturated count into ``stats``; alive[j] ends as
+    max_i z_ij (unit j is dead on this batch when it is ≤ 0)."""
     mb, n = Z.shape
-    for i in range(mb):
-        for j in range(n):
-            z = Z[i, j] + b[j]
-            Z[i, j] = z
-            A[i, j] = _phi(code, z)
+    s = 0.0
+    s2 = 0.0
+    sat = 0.0
+    alive[:n] = -np.inf
+    if code == RELU:
+        for i in range(mb):
+            for j in range(n):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z
+                a = z if z > 0 else 0.0 * z  # 0·z keeps NaN
+                A[i, j] = a
+                s += a
+                s2 += a * a
+                alive[j] = max(alive[j], z)
+    elif code == TANH:
+        for i in range(mb):
+            for j in range(n):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z
+                a = vmath.tanh(z)
+                A[i, j] = a
+                s += a
+                s2 += a * a
+                sat += 1.0 if abs(a) > 0.99 else 0.0
+    elif code == SIGMOID:
+        for i in range(mb):
+            for j in range(n):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z
+                a = vmath.sigmoid(z)
+                A[i, j] = a
+                s += a
+                s2 += a * a
+                sat += 1.0 if (a < 0.01) | (a > 0.99) else 0.0
+    else:
+        for i in range(mb):
+            for j in range(n):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z
+                a = _phi(code, z)
+                A[i, j] = a
+                s += a
+                s2 += a * a
+                alive[j] = max(alive[j], z)
+    stats[T_ACT_SUM] = s
+    stats[T_ACT_SQ] = s2
+    stats[T_SAT] = sat
+    dead = 0.0
+    for j in range(n):
+        dead += 1.0 if alive[j] <= 0 else 0.0
+    stats[T_DEAD] = dead
 
 
-@njit(**JIT)
+@njit(**FAST)
 def _times_dphi(code, Z, A, D):
-    """D ← D ⊙ φ'(Z)."""
+    """D ← D ⊙ φ'(z), one vectorizable loop per activation."""
+    mb, n = Z.shape
     if code == LINEAR:
         return
-    mb, n = Z.shape
-    for i in range(mb):
-        for j in range(n):
-            D[i, j] *= _dphi(code, Z[i, j], A[i, j])
+    if code == RELU:
+        for i in range(mb):
+            for j in range(n):
+                D[i, j] = D[i, j] if Z[i, j] > 0 else 0.0
+    elif code == TANH:
+        for i in range(mb):
+            for j in range(n):
+                D[i, j] *= 1.0 - A[i, j] * A[i, j]
+    elif code == SIGMOID:
+        for i in range(mb):
+            for j in range(n):
+                D[i, j] *= A[i, j] * (1.0 - A[i, j])
+    else:
+        for i in range(mb):
+            for j in range(n):
+                D[i, j] *= _dphi(code, Z[i, j], A[i, j])
 
 
 # ---------------------------------------------------------------- forward, loss, backward
@@ -189,8 +256,8 @@ def _block(buf, off, rows, cols):
 
 
 @njit(**JIT)
-def forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act):
-    """a_0 (already in ``acts``) → z_l, a_l for l = 1..L."""
+def forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act, stats, alive):
+    """a_0 (already in ``acts``) → z_l, a_l for l = 1..L; activation statistics into stats."""
     L = sizes.size - 1
     for k in range(L):
         n_in, n_out = sizes[k], sizes[k + 1]
@@ -199,7 +266,8 @@ def forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act):
         A_prev = _block(acts, a_off[k], mb, n_in)
         Z = _block(zs, a_off[k + 1], mb, n_out)
         np.dot(A_prev, W.T, Z)
-        _bias_activate(act if k < L - 1 else out_act, Z, b, _block(acts, a_off[k + 1], mb, n_out))
+        code = act if k < L - 1 else out_act
+        _bias_activate(code, Z, b, _block(acts, a_off[k + 1], mb, n_out), stats[k], alive)
 
 
 @njit(**JIT)
@@ -251,39 +319,52 @@ def loss_delta(loss, out_act, Z, A, Y, D):
     return total * scale, np.nan
 
 
+@njit(**FAST)
+def _bias_grad(D, db):
+    """db = Σ_rows D; returns Σ D² (for the error-signal RMS) from the same pass."""
+    mb, n = D.shape
+    db[:] = 0.0
+    s = 0.0
+    for i in range(mb):
+        for j in range(n):
+            d = D[i, j]
+            db[j] += d
+            s += float(d) * float(d)
+    return s
+
+
 @njit(**JIT)
-def backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act):
-    """Given δ_L in ``deltas``: ∂L/∂W_l, ∂L/∂b_l into ``grads`` and δ_l into ``deltas``."""
+def backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, stats):
+    """Given δ_L in ``deltas``: ∂L/∂W_l, ∂L/∂b_l into ``grads``, δ_l into ``deltas``, and
+    ‖∂L/∂W_l‖², ‖∂L/∂b_l‖², Σδ_l² into ``stats``."""
     L = sizes.size - 1
     for k in range(L - 1, -1, -1):
         n_in, n_out = sizes[k], sizes[k + 1]
         D = _block(deltas, a_off[k + 1], mb, n_out)
         np.dot(D.T, _block(acts, a_off[k], mb, n_in), _block(grads, w_off[k], n_out, n_in))
-        db = grads[b_off[k] : b_off[k] + n_out]
-        db[:] = 0.0
-        for i in range(mb):
-            for j in range(n_out):
-                db[j] += D[i, j]
+        stats[k, T_DELTA_SQ] = _bias_grad(D, grads[b_off[k] : b_off[k] + n_out])
+        stats[k, T_GW_SQ] = _sumsq(grads, w_off[k], w_off[k] + n_out * n_in)
+        stats[k, T_GB_SQ] = _sumsq(grads, b_off[k], b_off[k] + n_out)
         if k > 0:
             D_prev = _block(deltas, a_off[k], mb, n_in)
             np.dot(D, _block(theta, w_off[k], n_out, n_in), D_prev)
-            _times_dphi(
-                act, _block(zs, a_off[k], mb, n_in), _block(acts, a_off[k], mb, n_in), D_prev
-            )
+            Z_prev, A_prev = _block(zs, a_off[k], mb, n_in), _block(acts, a_off[k], mb, n_in)
+            _times_dphi(act, Z_prev, A_prev, D_prev)
 
 
 # ---------------------------------------------------------------- clipping and optimizers
 
 
-@njit(**JIT)
+@njit(**FAST)
 def _sumsq(x, lo, hi):
+    """Σ x[p]² over [lo, hi), accumulated in float64 (vectorized: ``reassoc``)."""
     s = 0.0
     for p in range(lo, hi):
         s += float(x[p]) * float(x[p])
     return s
 
 
-@njit(**JIT)
+@njit(**FAST)
 def _scale(x, lo, hi, c):
     for p in range(lo, hi):
         x[p] *= c
@@ -328,60 +409,76 @@ def clip(clip_code, c, theta, grads, sizes, w_off, b_off, total_sq):
     return 1.0, clipped
 
 
-@njit(**JIT)
+@njit(**FAST)
 def update(opt, hp, t, theta, grads, state, lo, hi):
     """One optimizer step (PyTorch's formulas, see ``bpdiag.optim``) on theta[lo:hi].
 
-    t is the 1-based step count. Returns ‖Δθ‖² over the range.
+    t is the 1-based step count. Scalars are cast to theta's dtype first, as PyTorch applies
+    Python-float hyper-parameters to float32 tensors. Returns (‖Δθ‖², ‖θ‖², ‖g‖²) over the
+    range, θ before the step and g the (clipped) gradient, accumulated in the same pass.
     """
-    lr = hp[LR]
-    wd = hp[WEIGHT_DECAY]
-    mu = hp[MOMENTUM]
+    sc = np.empty(8, theta.dtype)  # hyper-parameters in theta's dtype
+    sc[0] = hp[LR]
+    sc[1] = hp[WEIGHT_DECAY]
+    sc[2] = hp[MOMENTUM]
+    lr, wd, mu = sc[0], sc[1], sc[2]
     dsq = 0.0
+    wsq = 0.0
+    gsq = 0.0
     if opt == SGD:
-        damp = hp[DAMPENING]
+        sc[3] = 1.0 - hp[DAMPENING]
+        undamped = sc[3]
         nesterov = hp[NESTEROV] != 0.0
+        first = t == 1
         for p in range(lo, hi):
             old = theta[p]
-            g = grads[p] + wd * old if wd != 0.0 else grads[p]
+            g = grads[p] + wd * old
             if mu != 0.0:
-                buf = g if t == 1 else mu * state[0, p] + (1.0 - damp) * g
+                buf = g if first else mu * state[0, p] + undamped * g
                 state[0, p] = buf
                 g = g + mu * buf if nesterov else buf
             theta[p] = old - lr * g
             dsq += (float(theta[p]) - float(old)) ** 2
+            wsq += float(old) * float(old)
+            gsq += float(grads[p]) * float(grads[p])
     elif opt == ADAM or opt == ADAMW:
-        b1 = hp[BETA1]
-        b2 = hp[BETA2]
-        eps = hp[EPS]
-        step_size = lr / (1.0 - b1**t)
-        bc2_sqrt = math.sqrt(1.0 - b2**t)
-        decay = 1.0 - lr * wd
+        sc[3] = 1.0 - hp[BETA1]
+        sc[4] = hp[BETA2]
+        sc[5] = 1.0 - hp[BETA2]
+        sc[6] = hp[EPS]
+        sc[7] = 1.0 - hp[LR] * hp[WEIGHT_DECAY] if opt == ADAMW else 1.0
+        one_b1, b2, one_b2, eps, decay = sc[3], sc[4], sc[5], sc[6], sc[7]
+        sc[0] = hp[LR] / (1.0 - hp[BETA1] ** t)  # step size
+        sc[1] = math.sqrt(1.0 - hp[BETA2] ** t)
+        step_size, bc2_sqrt = sc[0], sc[1]
+        coupled = hp[WEIGHT_DECAY] if opt == ADAM else 0.0
+        sc[2] = coupled
+        l2 = sc[2]
         for p in range(lo, hi):
             old = theta[p]
-            g = grads[p]
-            if opt == ADAMW:
-                theta[p] = old * decay
-            elif wd != 0.0:
-                g = g + wd * old
+            g = grads[p] + l2 * old
             m = state[0, p]
-            m = m + (1.0 - b1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
-            v = state[1, p] * b2 + (1.0 - b2) * g * g
+            m = m + one_b1 * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
+            v = state[1, p] * b2 + one_b2 * g * g
             state[0, p] = m
             state[1, p] = v
-            theta[p] = theta[p] - step_size * m / (math.sqrt(v) / bc2_sqrt + eps)
+            theta[p] = old * decay - step_size * m / (math.sqrt(v) / bc2_sqrt + eps)
             dsq += (float(theta[p]) - float(old)) ** 2
+            wsq += float(old) * float(old)
+            gsq += float(grads[p]) * float(grads[p])
     else:  # RMSPROP
-        alpha = hp[ALPHA]
-        eps = hp[EPS]
+        sc[3] = hp[ALPHA]
+        sc[4] = 1.0 - hp[ALPHA]
+        sc[5] = hp[EPS]
+        alpha, one_alpha, eps = sc[3], sc[4], sc[5]
         centered = hp[CENTERED] != 0.0
         for p in range(lo, hi):
             old = theta[p]
-            g = grads[p] + wd * old if wd != 0.0 else grads[p]
-            v = state[1, p] * alpha + (1.0 - alpha) * g * g
+            g = grads[p] + wd * old
+            v = state[1, p] * alpha + one_alpha * g * g
             state[1, p] = v
             if centered:
-                gbar = state[2, p] + (1.0 - alpha) * (g - state[2, p])
+                gbar = state[2, p] + one_alpha * (g - state[2, p])
                 state[2, p] = gbar
                 avg = math.sqrt(v - gbar * gbar) + eps
             else:
@@ -393,91 +490,62 @@ def update(opt, hp, t, theta, grads, state, lo, hi):
             else:
                 theta[p] = old - lr * g / avg
             dsq += (float(theta[p]) - float(old)) ** 2
-    return dsq
+            wsq += float(old) * float(old)
+            gsq += float(grads[p]) * float(grads[p])
+    return dsq, wsq, gsq
 
 
 # ---------------------------------------------------------------- recorders
 
 
 @njit(**JIT)
-def _record_layers(rec, act, sizes, w_off, b_off, a_off, mb, theta, grads, gsq, acts, zs, deltas):
-    """Per-layer statistics of the current step, before clipping and update, into rec (L, cols).
-
-    gsq (L, 2): ‖∂L/∂W_l‖², ‖∂L/∂b_l‖² already computed for this step.
-    """
+def _record_layers(rec, act, sizes, w_off, b_off, mb, grads, stats):
+    """Per-layer record of the current step from the statistics the passes accumulated."""
     L = sizes.size - 1
+    relu_family = act == RELU or act == LEAKY_RELU or act == ELU or act == SELU or act == GELU
     for k in range(L):
         n_in, n_out = sizes[k], sizes[k + 1]
-        w0, b0, nw = w_off[k], b_off[k], n_out * n_in
-        rec[k, L_GRAD_W] = math.sqrt(gsq[k, 0])
-        rec[k, L_GRAD_B] = math.sqrt(gsq[k, 1])
-        rec[k, L_WEIGHT_NORM] = math.sqrt(_sumsq(theta, w0, w0 + nw))
+        st = stats[k]
+        rec[k, L_GRAD_W] = math.sqrt(st[T_GW_SQ])
+        rec[k, L_GRAD_B] = math.sqrt(st[T_GB_SQ])
+        # per-sample error ‖∂ℓ_i/∂z_l‖ = mb ‖δ_l[i]‖, its RMS over the batch = √(mb Σ δ²)
+        rec[k, L_DELTA_RMS] = math.sqrt(mb * st[T_DELTA_SQ])
+        cnt = mb * n_out
+        mean = st[T_ACT_SUM] / cnt
+        rec[k, L_ACT_MEAN] = mean
+        rec[k, L_ACT_STD] = math.sqrt(max(st[T_ACT_SQ] / cnt - mean * mean, 0.0))
+        hidden = k < L - 1
+        rec[k, L_FRAC_SAT] = (
+            st[T_SAT] / cnt if hidden and (act == SIGMOID or act == TANH) else np.nan
+        )
+        rec[k, L_FRAC_DEAD] = st[T_DEAD] / n_out if hidden and relu_family else np.nan
         bad = 0
-        if not math.isfinite(gsq[k, 0] + gsq[k, 1]):  # a finite sum of squares has no NaN/Inf
-            for p in range(w0, w0 + nw):
+        if not math.isfinite(st[T_GW_SQ] + st[T_GB_SQ]):  # a finite sum of squares has no NaN/Inf
+            w0, b0 = w_off[k], b_off[k]
+            for p in range(w0, w0 + n_out * n_in):
                 bad += 0 if math.isfinite(grads[p]) else 1
             for p in range(b0, b0 + n_out):
                 bad += 0 if math.isfinite(grads[p]) else 1
         rec[k, L_NONFINITE] = bad
-        # per-sample error ‖∂ℓ_i/∂z_l‖ = mb ‖δ_l[i]‖, its RMS over the batch = √(mb Σ δ²)
-        rec[k, L_DELTA_RMS] = math.sqrt(
-            mb * _sumsq(deltas, a_off[k + 1], a_off[k + 1] + mb * n_out)
-        )
-        A = _block(acts, a_off[k + 1], mb, n_out)
-        s = 0.0
-        s2 = 0.0
-        sat = 0
-        for i in range(mb):
-            for j in range(n_out):
-                a = float(A[i, j])
-                s += a
-                s2 += a * a
-                if k < L - 1 and act == SIGMOID and (a < 0.01 or a > 0.99):
-                    sat += 1
-                elif k < L - 1 and act == TANH and abs(a) > 0.99:
-                    sat += 1
-        cnt = mb * n_out
-        mean = s / cnt
-        rec[k, L_ACT_MEAN] = mean
-        rec[k, L_ACT_STD] = math.sqrt(max(s2 / cnt - mean * mean, 0.0))
-        hidden = k < L - 1
-        rec[k, L_FRAC_SAT] = sat / cnt if hidden and (act == SIGMOID or act == TANH) else np.nan
-        if hidden and (
-            act == RELU or act == LEAKY_RELU or act == ELU or act == SELU or act == GELU
-        ):
-            Z = _block(zs, a_off[k + 1], mb, n_out)
-            dead = 0
-            for j in range(n_out):
-                alive = False
-                for i in range(mb):
-                    if Z[i, j] > 0:
-                        alive = True
-                        break
-                dead += 0 if alive else 1
-            rec[k, L_FRAC_DEAD] = dead / n_out
-        else:
-            rec[k, L_FRAC_DEAD] = np.nan
 
 
 # ---------------------------------------------------------------- entry points
 
 
 @njit(**JIT)
-def loss_and_grads(theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Y, grads):
+def loss_and_grads(
+    theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Y, grads, stats, alive
+):
     """Forward + backward on the batch already in a_0; returns (loss, accuracy)."""
     mb = Y.shape[0]
     L = sizes.size - 1
-    forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, codes[C_ACT], codes[C_OUT_ACT])
+    act, out_act = codes[C_ACT], codes[C_OUT_ACT]
+    forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act, stats, alive)
     n_out = sizes[L]
-    loss, acc = loss_delta(
-        codes[C_LOSS],
-        codes[C_OUT_ACT],
-        _block(zs, a_off[L], mb, n_out),
-        _block(acts, a_off[L], mb, n_out),
-        Y,
-        _block(deltas, a_off[L], mb, n_out),
-    )
-    backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, codes[C_ACT])
+    Z_L, A_L = _block(zs, a_off[L], mb, n_out), _block(acts, a_off[L], mb, n_out)
+    D_L = _block(deltas, a_off[L], mb, n_out)
+    loss, acc = loss_delta(codes[C_LOSS], out_act, Z_L, A_L, Y, D_L)
+    backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, stats)
     return loss, acc
 
 
@@ -491,13 +559,15 @@ def train_steps(
 
     Records at steps ≡ 0 (mod record_every), at ``last_step`` and at a non-finite step into
     ``rec_step[row]``/``rec_layer[row]``, advancing ``row``; counters[0] counts clipped steps.
+    The statistics come from the passes that compute the step, so recording costs little.
     Returns (steps done, row, status).
     """
     L = sizes.size - 1
     n_in = sizes[0]
     n_steps = starts.size - 1
     opt, clip_code, act = codes[C_OPT], codes[C_CLIP], codes[C_ACT]
-    gsq = np.empty((L, 2))
+    stats = np.zeros((L, N_STATS))
+    alive = np.empty(sizes.max())
     for s in range(n_steps):
         step = step0 + s
         lo = starts[s]
@@ -509,44 +579,35 @@ def train_steps(
             Xb[i, :] = X[r, :]
             Yv[i, :] = Y[r, :]
         loss, acc = loss_and_grads(
-            theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Yv, grads
+            theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Yv, grads, stats, alive
         )
         total_sq = 0.0
         for k in range(L):
-            gsq[k, 0] = _sumsq(grads, w_off[k], w_off[k] + sizes[k + 1] * sizes[k])
-            gsq[k, 1] = _sumsq(grads, b_off[k], b_off[k] + sizes[k + 1])
-            total_sq += gsq[k, 0] + gsq[k, 1]
-        stop = codes[C_STOP_NONFINITE] != 0 and not (
-            math.isfinite(loss) and math.isfinite(total_sq)
-        )
+            total_sq += stats[k, T_GW_SQ] + stats[k, T_GB_SQ]
+        finite = math.isfinite(loss) and math.isfinite(total_sq)
+        stop = codes[C_STOP_NONFINITE] != 0 and not finite
         recording = step % record_every == 0 or step == last_step or stop
         if recording:
-            rs = rec_step[row]
-            rs[S_STEP] = step
-            rs[S_LOSS] = loss
-            rs[S_ACC] = acc
-            rs[S_GNORM] = math.sqrt(total_sq)
-            _record_layers(
-                rec_layer[row],
-                act,
-                sizes,
-                w_off,
-                b_off,
-                a_off,
-                mb,
-                theta,
-                grads,
-                gsq,
-                acts,
-                zs,
-                deltas,
-            )
+            rec_step[row, S_STEP] = step
+            rec_step[row, S_LOSS] = loss
+            rec_step[row, S_ACC] = acc
+            rec_step[row, S_GNORM] = math.sqrt(total_sq)
+            _record_layers(rec_layer[row], act, sizes, w_off, b_off, mb, grads, stats)
         if stop:  # keep the failing step's record; nothing is clipped or updated
             return s, row + 1, STATUS_NONFINITE
         coef, clipped = clip(clip_code, clip_value, theta, grads, sizes, w_off, b_off, total_sq)
         counters[0] += clipped
+        clipped_sq = 0.0
+        for k in range(L):
+            w0, b0, nw = w_off[k], b_off[k], sizes[k + 1] * sizes[k]
+            dsq, wsq, gwsq = update(opt, hp, step + 1, theta, grads, state, w0, w0 + nw)
+            gbsq = update(opt, hp, step + 1, theta, grads, state, b0, b0 + sizes[k + 1])[2]
+            clipped_sq += gwsq + gbsq
+            if recording:
+                rec_layer[row, k, L_GRAD_W_CLIPPED] = math.sqrt(gwsq)
+                rec_layer[row, k, L_WEIGHT_NORM] = math.sqrt(wsq)
+                rec_layer[row, k, L_UPDATE_RATIO] = math.sqrt(dsq / wsq) if wsq > 0 else np.inf
         if recording:
-            clipped_sq = _sumsq(grads, 0, grads.size) if clipped else total_sq
             rec_step[row, S_GNORM_CLIPPED] = math.sqrt(clipped_sq)
             if clip_code == NORM:
                 rec_step[row, S_CLIP_COEF] = coef
@@ -554,20 +615,6 @@ def train_steps(
                 rec_step[row, S_CLIP_COEF] = (
                     math.sqrt(clipped_sq / total_sq) if total_sq > 0 else 1.0
                 )
-        for k in range(L):
-            w0, b0, nw = w_off[k], b_off[k], sizes[k + 1] * sizes[k]
-            if recording:
-                rec_layer[row, k, L_GRAD_W_CLIPPED] = (
-                    math.sqrt(_sumsq(grads, w0, w0 + nw)) if clipped else math.sqrt(gsq[k, 0])
-                )
-            dsq = update(opt, hp, step + 1, theta, grads, state, w0, w0 + nw)
-            update(opt, hp, step + 1, theta, grads, state, b0, b0 + sizes[k + 1])
-            if recording:
-                w_norm = rec_layer[row, k, L_WEIGHT_NORM]
-                rec_layer[row, k, L_UPDATE_RATIO] = (
-                    math.sqrt(dsq) / w_norm if w_norm > 0 else np.inf
-                )
-        if recording:
             row += 1
     return n_steps, row, STATUS_OK
 

@@ -229,12 +229,15 @@ class MLP:
         acts, zs, deltas = lay.buffers(m, self.dtype)
         acts[: X.size] = X.ravel()
         grads = np.zeros_like(self.theta)
+        stats, alive = np.zeros((self.depth, kernels.N_STATS)), np.empty(max(self.sizes))
         args = (self.theta, lay.sizes, lay.w_off, lay.b_off, a_off)
         if Y is None:
-            kernels.forward(*args, m, acts, zs, self.act_code, self.out_act_code)
+            kernels.forward(*args, m, acts, zs, self.act_code, self.out_act_code, stats, alive)
             loss = acc = np.nan
         else:
-            loss, acc = kernels.loss_and_grads(*args, self.codes(), acts, zs, deltas, Y, grads)
+            loss, acc = kernels.loss_and_grads(
+                *args, self.codes(), acts, zs, deltas, Y, grads, stats, alive
+            )
         return loss, acc, grads, (acts, zs, deltas, a_off)
 
     def forward(self, X: object) -> np.ndarray:
