@@ -1,21 +1,315 @@
-"""Placeholder until the performance issue: time one bpdiag training step on config S."""
+"""One training step — forward, backward, per-layer gradient norms, clip_grad_norm_, Adam — timed
+for bpdiag, PyTorch CPU (if installed) and plain NumPy, interleaved in one process.
 
+    python benchmarks/bench.py                      # everything (≈ 5 min)
+    python benchmarks/bench.py --configs S,M --acts tanh --dtypes float32 --no-compile
+
+Prints medians and ratios (PyTorch / bpdiag), GFLOP/s against the sgemm/dgemm rate measured in
+the same run, the cost of recording every step, Numba compile times, and writes all as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 import bpdiag
 
+CONFIGS = {  # depth (weight layers), width, batch, inputs; 1 output, BCE loss
+    "S": (10, 64, 64, 32),
+    "M": (20, 128, 128, 64),
+    "L": (50, 256, 256, 128),
+    "XL": (8, 1024, 512, 512),
+}
+
+
+def sizes_of(cfg: str) -> list[int]:
+    depth, width, _, n_in = CONFIGS[cfg]
+    return [n_in] + [width] * (depth - 1) + [1]
+
+
+def flops_per_step(cfg: str) -> float:
+    """Multiply-adds of the three GEMMs per layer (forward, ∂W, ∂a), ×2 flops each."""
+    sizes, batch = sizes_of(cfg), CONFIGS[cfg][2]
+    return 6.0 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def problem(cfg: str, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    _, _, batch, n_in = CONFIGS[cfg]
+    X = rng.normal(size=(batch, n_in)).astype(dtype)
+    Y = (rng.uniform(size=(batch, 1)) > 0.5).astype(dtype)
+    return X, Y
+
+
+# ---------------------------------------------------------------- the three implementations
+
+
+class Bpdiag:
+    name = "bpdiag"
+
+    def __init__(self, cfg, act, dtype, record_every=1):
+        self.X, self.Y = problem(cfg, dtype)
+        self.net = bpdiag.MLP(sizes_of(cfg), activation=act, loss="bce", init="xavier_normal",
+                              dtype=dtype)  # fmt: skip
+        self.record_every = record_every
+
+    def run(self, n: int) -> float:
+        hist = bpdiag.train(self.net, self.X, self.Y, optimizer="adam", lr=1e-4, steps=n,
+                            batch_size=None, clip="norm", clip_value=1.0,
+                            record_every=self.record_every)  # fmt: skip
+        return hist.train_seconds / n
+
+
+class Torch:
+    name = "pytorch"
+
+    def __init__(self, cfg, act, dtype, threads):
+        import torch
+
+        self.torch, self.threads = torch, threads
+        torch.set_num_threads(threads)
+        acts = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}
+        sizes = sizes_of(cfg)
+        layers = []
+        for k in range(len(sizes) - 1):
+            layers.append(torch.nn.Linear(sizes[k], sizes[k + 1]))
+            if k < len(sizes) - 2:
+                layers.append(acts[act]())
+        dt = getattr(torch, dtype)
+        self.model = torch.nn.Sequential(*layers).to(dt)
+        self.weights = [m.weight for m in self.model if isinstance(m, torch.nn.Linear)]
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.loss = torch.nn.BCEWithLogitsLoss()
+        X, Y = problem(cfg, dtype)
+        self.X, self.Y = torch.from_numpy(X), torch.from_numpy(Y)
+
+    def run(self, n: int) -> float:
+        torch = self.torch
+        torch.set_num_threads(self.threads)
+        start = time.perf_counter()
+        for _ in range(n):
+            self.opt.zero_grad(set_to_none=True)
+            self.loss(self.model(self.X), self.Y).backward()
+            norms = [torch.linalg.vector_norm(w.grad) for w in self.weights]  # per-layer record
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+        norms[0].item()
+        return (time.perf_counter() - start) / n
+
+
+class Numpy:
+    """The same step in plain NumPy (array expressions, BLAS through ``@``)."""
+
+    name = "numpy"
+
+    def __init__(self, cfg, act, dtype):
+        self.X, self.Y = problem(cfg, dtype)
+        net = bpdiag.MLP(sizes_of(cfg), activation=act, init="xavier_normal", dtype=dtype)
+        self.params = [p for pair in net.params for p in pair]
+        self.m = [np.zeros_like(p) for p in self.params]
+        self.v = [np.zeros_like(p) for p in self.params]
+        self.act, self.t = act, 0
+
+    def _phi(self, z):
+        if self.act == "relu":
+            return np.maximum(z, 0)
+        if self.act == "tanh":
+            return np.tanh(z)
+        return 1 / (1 + np.exp(-z))
+
+    def _dphi(self, a):
+        if self.act == "relu":
+            return a > 0
+        if self.act == "tanh":
+            return 1 - a * a
+        return a * (1 - a)
+
+    def step(self):
+        P, L = self.params, len(self.params) // 2
+        acts = [self.X]
+        for k in range(L):
+            z = acts[-1] @ P[2 * k].T + P[2 * k + 1]
+            acts.append(self._phi(z) if k < L - 1 else z)
+        z = acts[-1]
+        delta = (1 / (1 + np.exp(-z)) - self.Y) / z.size
+        grads = [None] * (2 * L)
+        for k in range(L - 1, -1, -1):
+            grads[2 * k], grads[2 * k + 1] = delta.T @ acts[k], delta.sum(axis=0)
+            if k:
+                delta = (delta @ P[2 * k]) * self._dphi(acts[k])
+        [np.linalg.norm(g) for g in grads[::2]]
+        total = np.sqrt(sum(float(np.sum(g * g)) for g in grads))
+        coef = min(1.0 / (total + 1e-6), 1.0)
+        self.t += 1
+        bc1, bc2 = 1 - 0.9**self.t, 1 - 0.999**self.t
+        for p, g, m, v in zip(P, grads, self.m, self.v, strict=True):
+            g = g * coef
+            m += 0.1 * (g - m)
+            v *= 0.999
+            v += 0.001 * g * g
+            p -= (1e-4 / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + 1e-8)
+
+    def run(self, n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            self.step()
+        return (time.perf_counter() - start) / n
+
+
+def have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def interleaved(impls, seconds: float, rounds: int = 5) -> dict[str, float]:
+    """Median per-step time of each implementation over ``rounds`` interleaved rounds."""
+    n = {}
+    for impl in impls:
+        impl.run(2)  # warm up (compile, allocate, thread pools)
+        n[impl] = max(2, int(seconds / rounds / max(impl.run(2), 1e-6)))
+    times = {impl: [] for impl in impls}
+    for _ in range(rounds):
+        for impl in impls:
+            times[impl].append(impl.run(n[impl]))
+    return {impl: statistics.median(t) for impl, t in times.items()}
+
+
+def gemm_rate(dtype: str, seconds: float = 1.0) -> float:
+    """GFLOP/s of numpy's (512 × 1024) @ (1024 × 1024), the XL layer's forward GEMM."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(512, 1024)).astype(dtype)
+    b = rng.normal(size=(1024, 1024)).astype(dtype)
+    out = np.empty((512, 1024), dtype)
+    np.matmul(a, b, out=out)
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = max(best, 2 * 512 * 1024 * 1024 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+COMPILE_SNIPPET = """
+import time; t0 = time.perf_counter()
+import numpy as np, bpdiag
+t1 = time.perf_counter()
+for dtype in ("float32", "float64"):
+    net = bpdiag.MLP([4, 8, 8, 1], activation="tanh", dtype=dtype)
+    X = np.zeros((8, 4)); Y = np.zeros((8, 1))
+    bpdiag.train(net, X, Y, steps=1, clip="norm", clip_value=1.0)
+    if dtype == "float32": t_first = time.perf_counter()
+net.loss_and_grads(X, Y); net.forward(X); bpdiag.theory.predict([4, 8, 8, 1], "tanh", "he_normal")
+print(t1 - t0, t_first - t0, time.perf_counter() - t0)
+"""
+
+
+def compile_times() -> dict[str, float]:
+    """Cold: empty Numba cache, everything compiled. Warm: import to the first training step."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        out = {}
+        for label in ("cold", "warm"):
+            start = time.perf_counter()
+            res = subprocess.run([sys.executable, "-c", COMPILE_SNIPPET], env=env, check=True,
+                                 capture_output=True, text=True)  # fmt: skip
+            imp, first, total = map(float, res.stdout.split())
+            out[f"{label}_import_s"] = imp
+            out[f"{label}_first_step_s"] = first
+            out[f"{label}_total_s"] = total
+            out[f"{label}_process_s"] = time.perf_counter() - start
+        return out
+
+
+def machine() -> dict[str, object]:
+    from threadpoolctl import threadpool_info
+
+    cpu = ""
+    if Path("/proc/cpuinfo").exists():
+        lines = [x for x in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in x]
+        cpu = lines[0].split(":", 1)[1].strip() if lines else ""
+    torch_version = None
+    if have_torch():
+        import torch
+
+        torch_version = torch.__version__
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+        "numpy": np.__version__, "numba": __import__("numba").__version__, "torch": torch_version,
+        "blas": [(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()],
+    }  # fmt: skip
+
 
 def main() -> None:
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(64, 32))
-    Y = (rng.uniform(size=(64, 1)) > 0.5).astype(float)
-    net = bpdiag.MLP([32, *[64] * 9, 1], activation="tanh", loss="bce", dtype="float32")
-    bpdiag.train(net, X, Y, steps=5, batch_size=64, clip="norm", clip_value=1.0)
-    t = time.perf_counter()
-    bpdiag.train(net, X, Y, steps=500, batch_size=64, clip="norm", clip_value=1.0, record_every=1)
-    print(f"S tanh float32: {(time.perf_counter() - t) / 500 * 1e3:.3f} ms/step")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--configs", default="S,M,L,XL")
+    ap.add_argument("--acts", default="relu,tanh,sigmoid")
+    ap.add_argument("--dtypes", default="float32,float64")
+    ap.add_argument("--seconds", type=float, default=1.5, help="per implementation and case")
+    ap.add_argument("--no-numpy", action="store_true", help="skip the plain-NumPy peer")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compile-time runs")
+    ap.add_argument("--out", default="bench-results/bench.json")
+    args = ap.parse_args()
+    torch_ok = have_torch()
+    if not torch_ok:
+        print("note: PyTorch not installed (pip install -e '.[bench]'); its column is skipped")
+    result = {"machine": machine(), "steps": [], "date": time.strftime("%Y-%m-%d %H:%M")}
+    result["gemm_gflops"] = {dt: gemm_rate(dt) for dt in ("float32", "float64")}
+    print(f"numpy GEMM (512×1024 @ 1024×1024): sgemm {result['gemm_gflops']['float32']:.0f} "
+          f"GFLOP/s, dgemm {result['gemm_gflops']['float64']:.0f} GFLOP/s")  # fmt: skip
+    header = f"{'case':24s} {'bpdiag ms':>10s} {'torch ms':>10s} {'numpy ms':>10s} {'torch/bp':>9s} {'np/bp':>7s} {'GFLOP/s':>8s} {'of gemm':>8s}"
+    print(header)
+    for cfg in args.configs.split(","):
+        for act in args.acts.split(","):
+            for dtype in args.dtypes.split(","):
+                impls = [Bpdiag(cfg, act, dtype)]
+                impls += [Torch(cfg, act, dtype, th) for th in (1, 2)] if torch_ok else []
+                impls += [] if args.no_numpy else [Numpy(cfg, act, dtype)]
+                med = interleaved(impls, args.seconds)
+                bp = med[impls[0]]
+                th = min((t for i, t in med.items() if i.name == "pytorch"), default=float("nan"))
+                npy = next((t for i, t in med.items() if i.name == "numpy"), float("nan"))
+                gflops = flops_per_step(cfg) / bp / 1e9
+                row = {"config": cfg, "activation": act, "dtype": dtype, "bpdiag_ms": bp * 1e3,
+                       "torch_ms": th * 1e3, "numpy_ms": npy * 1e3, "speedup_vs_torch": th / bp,
+                       "speedup_vs_numpy": npy / bp, "gflops": gflops,
+                       "fraction_of_gemm": gflops / result["gemm_gflops"][dtype]}  # fmt: skip
+                result["steps"].append(row)
+                print(f"{cfg + ' ' + act + ' ' + dtype:24s} {bp * 1e3:10.3f} {th * 1e3:10.3f} "
+                      f"{npy * 1e3:10.3f} {th / bp:9.2f} {npy / bp:7.2f} {gflops:8.1f} "
+                      f"{row['fraction_of_gemm']:8.0%}", flush=True)  # fmt: skip
+    overhead = {}
+    for dtype in args.dtypes.split(","):
+        on, off = Bpdiag("M", "tanh", dtype, 1), Bpdiag("M", "tanh", dtype, 10**9)
+        med = interleaved([on, off], 2 * args.seconds, rounds=7)
+        overhead[dtype] = med[on] / med[off] - 1
+        print(f"recording every step on M tanh {dtype}: {med[on] * 1e3:.3f} ms vs off "
+              f"{med[off] * 1e3:.3f} ms: {overhead[dtype]:+.1%}")  # fmt: skip
+    result["recording_overhead"] = overhead
+    if not args.no_compile:
+        result["compile"] = compile_times()
+        c = result["compile"]
+        print(f"compile: cold (empty cache) {c['cold_total_s']:.1f} s to compile everything; "
+              f"warm import → first step {c['warm_first_step_s']:.2f} s")  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
