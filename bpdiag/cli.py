@@ -115,3 +115,282 @@ def print_layer_table(console, layers) -> None:
                  for c in ("frac_dead", "frac_saturated")]  # fmt: skip
         table.add_row(str(layer), *(f"{v:.3e}" for v in cells), *extra)
     console.print(table)
+
+
+# ---------------------------------------------------------------- sweeps and the store
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def _counts_by_axis(console, table, axes: list[str]) -> None:
+    from rich.table import Table
+
+    from bpdiag.diagnose import LABELS
+
+    labels = [x for x in LABELS if x in set(table["label"])]
+    for axis in axes:
+        t = Table(title=f"verdicts by {axis}")
+        t.add_column(axis)
+        for label in labels:
+            t.add_column(label, justify="right", style=VERDICT_STYLE.get(label, ""))
+        for value, group in table.groupby(axis, sort=True):
+            counts = group["label"].value_counts()
+            t.add_row(str(value), *(str(int(counts.get(label, 0))) for label in labels))
+        console.print(t)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="default: sqlite:///mlflow.db")
+@click.option(
+    "--scheduler", envvar="DASK_SCHEDULER_ADDRESS", help="tcp://HOST:8786 (default: a LocalCluster)"
+)
+@click.option(
+    "--workers", type=click.IntRange(1), help="LocalCluster workers (default: one per core)"
+)
+@click.option("--rerun", is_flag=True, help="run every config again, even those already FINISHED")
+@click.option("--dry-run", is_flag=True, help="print the expanded runs and exit")
+@click.option("--timings", is_flag=True, help="print where the time went")
+def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings) -> None:
+    """Run the sweep in SPEC (a sweeps/*.yaml file) on Dask and log it to MLflow."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from bpdiag.compare import varying_axes
+    from bpdiag.config import SpecError, load_spec
+    from bpdiag.tracking import tracking_uri as tracking_uri_of
+
+    console = Console()
+    try:
+        parsed, runs = load_spec(spec)
+    except SpecError as err:
+        _fail(str(err))
+    if dry_run:
+        import pandas as pd
+
+        df = pd.DataFrame([r.model_dump() | {"run_key": r.run_key} for r in runs])
+        axes = varying_axes(df)
+        table = Table(title=f"{spec}: {len(runs)} runs → experiment {parsed.experiment_name}")
+        for col in ["#", "run_key", *axes, "seed"]:
+            table.add_column(col)
+        for i, row in df.iterrows():
+            table.add_row(
+                str(i + 1), row["run_key"], *(str(row[a]) for a in axes), str(row["seed"])
+            )
+        console.print(table)
+        return
+    from bpdiag.sweep import run_sweep
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), console=console)  # fmt: skip
+    task = {}
+
+    def on_start(outcome, n_todo):
+        console.print(f"sweep [bold]{parsed.name}[/]: {len(outcome.runs)} runs, {outcome.skipped} "
+                      f"already FINISHED in {outcome.spec.experiment_name}; running {n_todo}")  # fmt: skip
+        bar.start()
+        task["id"] = bar.add_task("starting workers", total=n_todo, failed=0)
+
+    def on_result(result):
+        bar.update(task["id"], advance=1, description=f"{result.config.name[:40]:40s}",
+                   failed=bar.tasks[0].fields["failed"] + (result.status != "FINISHED"))  # fmt: skip
+        if result.status != "FINISHED":
+            bar.console.print(
+                f"[red]FAILED[/] {result.config.name}: {(result.error or '').strip().splitlines()[-1]}"
+            )
+
+    try:
+        outcome = run_sweep(spec, tracking_uri, scheduler, workers, rerun, on_start, on_result)
+    except SpecError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        bar.stop()
+        _fail(
+            "interrupted: finished runs are in the store; run the same command again to resume", 130
+        )
+    finally:
+        bar.stop()
+    console.print(f"[bold]{outcome.finished}[/] finished, [red]{outcome.failed}[/] failed, "
+                  f"{outcome.skipped} skipped (already in the store)")  # fmt: skip
+    if outcome.table is not None and not outcome.table.empty:
+        _counts_by_axis(console, outcome.table, varying_axes(outcome.table)[:4])
+    if timings:
+        _print_timings(console, outcome.timings)
+    uri = tracking_uri_of(tracking_uri)
+    console.print(f"\nOpen the MLflow UI:  [bold]bpdiag ui --tracking-uri {uri}[/]   (or: make ui)")
+    console.print(f"then the runs table: [link={outcome.url}]{outcome.url}[/link]")
+
+
+def _print_timings(console, t: dict) -> None:
+    train, workers = t.get("train_s", 0.0), t.get("workers", 1) or 1
+    ideal = train / workers
+    lines = [
+        f"wall time             {t.get('wall_s', 0):8.2f} s",
+        f"  start-up + warm-up  {t.get('startup_s', 0):8.2f} s (warm-up {t.get('warm_s', 0):.2f} s)",
+        f"  runs (to last log)  {t.get('run_phase_s', 0):8.2f} s",
+        f"  finish (parent)     {t.get('finish_s', 0):8.2f} s",
+        f"training, all runs    {train:8.2f} s on {workers} workers → {ideal:.2f} s if perfectly packed",
+        f"worker time, all runs {t.get('worker_s', 0):8.2f} s (data, train, diagnose, figures)",
+        f"MLflow logging        {t.get('log_s', 0):8.2f} s (driver)",
+    ]
+    if ideal > 0:
+        lines.append(f"overhead on training: runs phase {t.get('run_phase_s', 0) / ideal - 1:+.0%}, "
+                     f"end to end {t.get('wall_s', 0) / ideal - 1:+.0%}")  # fmt: skip
+    console.print("\n".join(lines))
+
+
+def _tracker(uri):
+    from bpdiag.tracking import Tracker
+
+    return Tracker(uri)
+
+
+@main.command()
+@click.argument("experiment")
+@click.option(
+    "--by", default="optimizer,clip", show_default=True, help="comma-separated RunConfig fields"
+)
+@click.option("--metric", default="final_loss", show_default=True)
+@click.option(
+    "--all", "use_all", is_flag=True, help="group all runs, not only those that differ just in --by"
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write a PNG: loss curves (two --by axes) or bars",
+)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI")
+def compare(experiment, by, metric, use_all, plot, tracking_uri) -> None:
+    """Compare the finished runs of EXPERIMENT: mean ± std over seeds and verdict counts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bpdiag.compare import aggregate, comparable
+
+    console = Console()
+    tracker = _tracker(tracking_uri)
+    exp_id = tracker.experiment_id(experiment, create=False)
+    if exp_id is None:
+        names = sorted(e.name for e in tracker.client.search_experiments())
+        _fail(
+            f"no experiment {experiment!r} in {tracker.uri}; there are: {', '.join(names) or 'none'}"
+        )
+    df = tracker.table(exp_id)
+    if df.empty:
+        _fail(f"experiment {experiment!r} has no FINISHED runs yet")
+    axes = [a.strip() for a in by.split(",") if a.strip()]
+    try:
+        subset = df if use_all else comparable(df, axes)
+        table = aggregate(subset, axes, metric)
+    except ValueError as err:
+        _fail(str(err))
+    if len(subset) < len(df):
+        console.print(f"comparing the {len(subset)} runs that differ only in {', '.join(axes)} and seed "
+                      f"({len(df) - len(subset)} others left out; --all to include them)")  # fmt: skip
+    t = Table(title=f"{experiment}: {metric} by {', '.join(axes)}")
+    for col in table.columns:
+        t.add_column(str(col), justify="right" if col not in axes else "left",
+                     style=VERDICT_STYLE.get(str(col), ""))  # fmt: skip
+    for _, row in table.iterrows():
+        cells = []
+        for col in table.columns:
+            v = row[col]
+            cells.append(f"{v:.4g}" if isinstance(v, float) and col in ("mean", "std") else
+                         str(int(v)) if isinstance(v, float) and v == int(v) else str(v))  # fmt: skip
+        t.add_row(*cells)
+    console.print(t)
+    if plot:
+        from bpdiag import plots
+
+        if len(axes) == 2:
+            histories = {r: tracker.loss_history(r) for r in subset["run_id"]}
+            fig = plots.loss_curves(subset, histories, tuple(axes))
+        else:
+            fig = plots.metric_bars(table, axes, metric)
+        plots.save(fig, plot)
+        console.print(f"wrote {plot}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI")
+def diagnose(run_id, tracking_uri) -> None:
+    """Print the verdict and evidence of a logged run (RUN_ID from the UI or `compare`)."""
+    import json
+
+    from rich.console import Console
+
+    from bpdiag.diagnose import Diagnosis, Thresholds
+    from bpdiag.tracking import TAG_DIAGNOSIS, TAG_REASON
+
+    console = Console()
+    tracker = _tracker(tracking_uri)
+    try:
+        run = tracker.client.get_run(run_id)
+    except Exception:
+        _fail(f"no run {run_id!r} in {tracker.uri}")
+    tags = run.data.tags
+    if TAG_DIAGNOSIS not in tags:
+        _fail(
+            f"run {run_id} has no bpdiag diagnosis (status {run.info.status}; a sweep's parent run?)"
+        )
+    try:
+        text = tracker.client.download_artifacts(run_id, "diagnosis.json")
+        evidence = json.loads(Path(text).read_text())["evidence"]
+    except Exception:
+        evidence = {k: v for k, v in run.data.metrics.items() if "/" not in k}
+    console.print(f"run [bold]{run.info.run_name}[/] ({run_id}), status {run.info.status}")
+    console.print(
+        "params: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()) if v != "None")
+    )
+    summary = {k: v for k, v in run.data.metrics.items() if "accuracy" in k and "/" not in k}
+    print_verdict(
+        console,
+        Diagnosis(tags[TAG_DIAGNOSIS], tags.get(TAG_REASON, ""), evidence, Thresholds()),
+        summary,
+    )
+
+
+@main.command()
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--experiment", help="print this experiment's runs-table address")
+def ui(tracking_uri, port, experiment) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the same store and print where the runs are."""
+    import shutil
+    import subprocess
+    import sys
+
+    from bpdiag.tracking import tracking_uri as tracking_uri_of
+    from bpdiag.tracking import ui_url
+
+    uri = tracking_uri_of(tracking_uri)
+    tracker = _tracker(uri)
+    exps = [
+        e
+        for e in tracker.client.search_experiments()
+        if e.name != "Default" or experiment == "Default"
+    ]
+    if experiment:
+        exps = [e for e in exps if e.name == experiment]
+        if not exps:
+            _fail(f"no experiment {experiment!r} in {uri}")
+    click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}")
+    for e in exps:
+        click.echo(f"  {e.name}: {ui_url(e.experiment_id, port=port)}")
+    mlflow_exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    cmd = [mlflow_exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    raise SystemExit(subprocess.call(cmd))

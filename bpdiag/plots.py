@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from bpdiag.diagnose import layer_profile
 
@@ -46,8 +46,9 @@ def gradient_flow(hist, title: str | None = None) -> Figure:
     The diverging colormap is centred on the last layer's value: blue layers receive less
     gradient than the output layer (vanishing), red ones more (exploding).
     """
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(12, 4.8))  # fixed margins: constrained layout doubles the render time
+    axes = fig.subplots(1, 2, sharey=True, gridspec_kw={"left": 0.06, "right": 0.97, "bottom": 0.11,
+                                                       "top": 0.86, "wspace": 0.12})  # fmt: skip
     panels = [("delta_rms", "error signal ‖δ_l‖"), ("grad_norm_W", "weight gradient ‖∂L/∂W_l‖")]
     for ax, (column, name) in zip(axes, panels, strict=True):
         profile = layer_profile(hist.layers, column)
@@ -60,12 +61,20 @@ def gradient_flow(hist, title: str | None = None) -> Figure:
             norm=TwoSlopeNorm(vcenter=0.0, vmin=-span, vmax=span), shading="flat",
         )  # fmt: skip
         ax.set_xlabel("step")
-        ax.set_title(name)
+        ax.set_title(name, y=1.01)  # an explicit y skips matplotlib's costly title placement
         fig.colorbar(mesh, ax=ax, label=f"log10({name.split()[-1]} / layer L)")
     axes[0].set_ylabel("layer (1 = input side)")
     axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title or run_title(hist), color=LABEL_COLORS.get(hist.diagnosis.label, "black"))
     return fig
+
+
+def _fast_log_axis(axis) -> None:
+    """Plain '1e-05' labels and no minor ticks: mathtext labels and hundreds of minor tick
+    objects made a log axis the slowest part of a run's figures."""
+    axis.set_major_locator(LogLocator(numticks=9))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
+    axis.set_minor_locator(NullLocator())
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
@@ -79,8 +88,9 @@ def _edges(centres: np.ndarray) -> np.ndarray:
 
 def norm_vs_depth(hist, title: str | None = None) -> Figure:
     """‖δ_l‖ and ‖∂L/∂W_l‖ against layer at init, mid-training and the end, with the theory."""
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(11, 4.5))
+    axes = fig.subplots(1, 2, gridspec_kw={"left": 0.07, "right": 0.98, "bottom": 0.12,
+                                           "top": 0.86, "wspace": 0.2})  # fmt: skip
     steps = np.sort(hist.layers["step"].unique())
     picks = dict.fromkeys([steps[0], steps[len(steps) // 2], steps[-1]])
     pred = hist.theory
@@ -103,15 +113,138 @@ def norm_vs_depth(hist, title: str | None = None) -> Figure:
             anchor = profile.iloc[0].to_numpy(dtype=np.float64)[-1]
             ax.plot(layers, anchor * theory, "k--", lw=1.2, label="mean-field theory at init")
         ax.set_yscale("log")
+        _fast_log_axis(ax.yaxis)
         ax.set_xlabel("layer (1 = input side)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(name)
+        ax.set_title(name, y=1.01)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")  # "best" costs a search over all data
     fig.suptitle(title or run_title(hist), color=LABEL_COLORS.get(hist.diagnosis.label, "black"))
     return fig
 
 
-def save(fig: Figure, path) -> None:
-    """Write a figure as PNG (Agg), 110 dpi."""
-    fig.savefig(path, dpi=110)
+def save(fig: Figure, path, dpi: int = 100) -> None:
+    """Write a figure as PNG (Agg)."""
+    fig.savefig(path, dpi=dpi, format="png")
+
+
+# ---------------------------------------------------------------- across runs (sweeps)
+
+
+def verdict_grid(
+    df, rows: str | None = None, cols: str | None = None, facet: str | None = None
+) -> Figure:
+    """A grid of verdicts: ``rows`` × ``cols`` cells, one panel per value of ``facet``.
+
+    df: one row per run with the RunConfig fields and ``label``. Axes default to the sweep's
+    varying axes (depth × activation, faceted by init, when those vary); each cell shows the
+    majority verdict over seeds (and "k/n" when they disagree).
+    """
+    from bpdiag.compare import comparable, majority, varying_axes
+
+    if cols is None:
+        found = varying_axes(df)[:3] or ["seed"]
+        cols, rows, facet = (found + [None, None])[:3]
+    df = comparable(df, [a for a in (rows, cols, facet) if a])
+    facet_values = _sorted(df[facet]) if facet else [None]
+    col_values = _sorted(df[cols])
+    row_values = _sorted(df[rows]) if rows else [None]
+    fig = Figure(figsize=(1.2 + 1.5 * len(col_values) * len(facet_values), 1.2 + 0.55 * len(row_values) + 0.6),
+                 layout="constrained")  # fmt: skip
+    axs = fig.subplots(1, len(facet_values), squeeze=False)[0]
+    for ax, fv in zip(axs, facet_values, strict=True):
+        sub = df if facet is None else df[df[facet].astype(str) == str(fv)]
+        for i, rv in enumerate(row_values):
+            for j, cv in enumerate(col_values):
+                cell = sub[sub[cols].astype(str) == str(cv)]
+                if rows:
+                    cell = cell[cell[rows].astype(str) == str(rv)]
+                if cell.empty:
+                    continue
+                label, k, n = majority(cell["label"])
+                ax.add_patch(_rect(j, i, LABEL_COLORS.get(label, "white")))
+                text = label if k == n else f"{label}\n{k}/{n}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7.5, color="white")
+        ax.set_xlim(-0.5, len(col_values) - 0.5)
+        ax.set_ylim(len(row_values) - 0.5, -0.5)
+        ax.set_xticks(range(len(col_values)), [str(v) for v in col_values], fontsize=8)
+        ax.set_yticks(range(len(row_values)), [str(v) for v in row_values], fontsize=8)
+        ax.set_xlabel(cols)
+        if rows:
+            ax.set_ylabel(rows)
+        ax.set_title(f"{facet} = {fv}" if facet else "", fontsize=9)
+    fig.suptitle("verdict per configuration (majority over seeds)")
+    return fig
+
+
+def _rect(x: float, y: float, color: str):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.48, y - 0.46), 0.96, 0.92, color=color)
+
+
+def _sorted(values) -> list:
+    unique = list(dict.fromkeys(values.tolist()))
+    try:
+        return sorted(unique)
+    except TypeError:
+        return sorted(unique, key=str)
+
+
+def loss_curves(
+    df, histories: dict[str, "pd.DataFrame"], by: tuple[str, str] = ("optimizer", "clip")
+) -> Figure:
+    """Training loss against step: one panel per value of by[1], one line per value of by[0],
+    the mean over seeds with a band from the lowest to the highest seed.
+
+    df: one row per run (RunConfig fields, ``run_id``); histories: run_id → (step, loss) table.
+    """
+    import pandas as pd
+
+    from bpdiag.compare import comparable
+
+    import numpy as np
+
+    line_axis, panel_axis = by
+    df = comparable(df, list(by))
+    starts = [h["loss"].iloc[0] for r, h in histories.items() if len(h)]
+    top = 10 * max(
+        [s for s in starts if np.isfinite(s)], default=10.0
+    )  # diverged runs leave the top
+    panels = _sorted(df[panel_axis])
+    fig = Figure(figsize=(4.2 * len(panels), 3.8), layout="constrained")
+    axs = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, pv in zip(axs, panels, strict=True):
+        sub = df[df[panel_axis].astype(str) == str(pv)]
+        for i, lv in enumerate(_sorted(sub[line_axis])):
+            runs = sub[sub[line_axis].astype(str) == str(lv)]
+            series = [histories[r].set_index("step")["loss"].where(lambda x: np.isfinite(x) & (x < 1e300))
+                      for r in runs["run_id"] if r in histories and len(histories[r])]  # fmt: skip
+            if not series:
+                continue
+            table = pd.concat(series, axis=1).sort_index()
+            ax.plot(table.index, table.mean(axis=1), color=f"C{i}", label=f"{lv} ({len(series)})")
+            ax.fill_between(
+                table.index, table.min(axis=1), table.max(axis=1), color=f"C{i}", alpha=0.2
+            )
+        ax.set_yscale("log")
+        ax.set_ylim(top=top)
+        ax.set_xlabel("step")
+        ax.set_title(f"{panel_axis} = {pv}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(title=line_axis, fontsize=8)
+    axs[0].set_ylabel("training loss (minibatch)")
+    fig.suptitle(f"loss by {line_axis} × {panel_axis}: mean over seeds, band = min–max")
+    return fig
+
+
+def metric_bars(table, by: list[str], metric: str) -> Figure:
+    """Bars of a metric's mean ± std per group (the ``aggregate`` table)."""
+    fig = Figure(figsize=(max(4.0, 0.6 * len(table) + 2), 3.8), layout="constrained")
+    ax = fig.subplots()
+    labels = [" / ".join(str(row[a]) for a in by) for _, row in table.iterrows()]
+    ax.bar(range(len(table)), table["mean"], yerr=table["std"].fillna(0), color="C0", capsize=3)
+    ax.set_xticks(range(len(table)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+    ax.set_title(f"{metric} by {' / '.join(by)}")
+    return fig

@@ -1,0 +1,110 @@
+"""``execute(RunConfig) -> RunResult``: data → model → train → diagnose → figures, pure and
+picklable, so a Dask worker anywhere can run it without reaching the tracking store."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import pandas as pd
+
+from bpdiag.config import RunConfig
+
+
+@dataclass
+class RunResult:
+    """What a worker sends back to the driver (the one MLflow writer)."""
+
+    config: RunConfig
+    status: str  # "FINISHED" or "FAILED"
+    error: str | None = None  # traceback of a failed run
+    label: str | None = None  # the diagnosis
+    reason: str = ""
+    evidence: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, float] = field(default_factory=dict)
+    steps: pd.DataFrame | None = None
+    layers: pd.DataFrame | None = None
+    figures: dict[str, bytes] = field(default_factory=dict)  # artifact name → PNG
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    worker: str = ""
+
+    @property
+    def run_key(self) -> str:
+        return self.config.run_key
+
+
+@lru_cache(maxsize=16)
+def _dataset(name: str, n_samples: int, seed: int):
+    from bpdiag import data
+
+    return data.load(name, n_samples=n_samples, seed=seed)
+
+
+def _png(fig) -> bytes:
+    from bpdiag.plots import save
+
+    buf = io.BytesIO()
+    save(fig, buf)
+    return buf.getvalue()
+
+
+def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
+    """Train one configuration and diagnose it; never raises (a failure is a FAILED result)."""
+    from bpdiag import plots
+    from bpdiag.model import MLP
+    from bpdiag.train import train
+
+    times: dict[str, float] = {}
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    start = time.perf_counter()
+    try:
+        ds = _dataset(cfg.dataset, cfg.n_samples, cfg.seed)
+        times["data_s"] = time.perf_counter() - start
+        sizes = [ds.n_features] + [cfg.width] * (cfg.depth - 1) + [ds.n_outputs]
+        net = MLP(sizes, activation=cfg.activation, loss=ds.loss, init=cfg.init, seed=cfg.seed,
+                  dtype=cfg.dtype)  # fmt: skip
+        t = time.perf_counter()
+        hist = train(
+            net, ds.X_train, ds.Y_train, optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps,
+            batch_size=cfg.batch_size, clip=cfg.clip, clip_value=cfg.clip_value,
+            record_every=cfg.record_every, seed=cfg.seed, eval_data=(ds.X_test, ds.Y_test),
+            **cfg.optimizer_options(),
+        )  # fmt: skip
+        times["train_s"] = hist.train_seconds
+        times["train_call_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        diagnosis, summary = hist.diagnosis, hist.summary
+        times["diagnose_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        pngs = {}
+        if figures:
+            title = f"{cfg.dataset} · {plots.run_title(hist)}"
+            pngs["gradient_flow.png"] = _png(plots.gradient_flow(hist, title))
+            pngs["grad_norm_vs_depth.png"] = _png(plots.norm_vs_depth(hist, title))
+        times["plots_s"] = time.perf_counter() - t
+        times["total_s"] = time.perf_counter() - start
+        return RunResult(
+            cfg, "FINISHED", label=diagnosis.label, reason=diagnosis.reason,
+            evidence=diagnosis.evidence, summary=summary, steps=hist.steps, layers=hist.layers,
+            figures=pngs, timings=times, worker=worker,
+        )  # fmt: skip
+    except Exception:
+        times["total_s"] = time.perf_counter() - start
+        return RunResult(cfg, "FAILED", error=traceback.format_exc(), timings=times, worker=worker)
+
+
+def warm_up() -> str:
+    """Load (or compile, on a fresh machine) every kernel and import the heavy modules, with
+    BLAS single-threaded: one worker process per core. Returns the worker's name."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    for dtype in ("float32", "float64"):
+        execute(RunConfig(depth=3, width=4, steps=2, record_every=1, dtype=dtype, n_samples=32,
+                          dataset="spirals"))  # fmt: skip
+    return f"{socket.gethostname()}:{os.getpid()}"
