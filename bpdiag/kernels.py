@@ -25,6 +25,7 @@ import math
 import numpy as np
 from numba import njit
 
+from bpdiag import vmath
 from bpdiag.activations import (
     ELU,
     ELU_ALPHA,
@@ -39,7 +40,6 @@ from bpdiag.activations import (
     SIGMOID,
     TANH,
 )
-from bpdiag import vmath
 from bpdiag.clipping import AGC, AGC_DIV_EPS, AGC_EPS, LAYER, NONE, NORM, NORM_EPS, VALUE
 from bpdiag.jit import FAST, INLINE, JIT
 from bpdiag.losses import BCE, CE
@@ -58,7 +58,6 @@ from bpdiag.optim import (
     SGD,
     WEIGHT_DECAY,
 )
-
 
 # codes vector: which activation, output activation, loss, optimizer, clipping, NaN guard.
 C_ACT, C_OUT_ACT, C_LOSS, C_OPT, C_CLIP, C_STOP_NONFINITE = range(6)

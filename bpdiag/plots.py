@@ -192,18 +192,17 @@ def _sorted(values) -> list:
 
 
 def loss_curves(
-    df, histories: dict[str, "pd.DataFrame"], by: tuple[str, str] = ("optimizer", "clip")
+    df, histories: dict[str, pd.DataFrame], by: tuple[str, str] = ("optimizer", "clip")
 ) -> Figure:
     """Training loss against step: one panel per value of by[1], one line per value of by[0],
     the mean over seeds with a band from the lowest to the highest seed.
 
     df: one row per run (RunConfig fields, ``run_id``); histories: run_id → (step, loss) table.
     """
+    import numpy as np
     import pandas as pd
 
     from bpdiag.compare import comparable
-
-    import numpy as np
 
     line_axis, panel_axis = by
     df = comparable(df, list(by))

@@ -176,9 +176,7 @@ def _execute(
 def _comparison_figures(tracker: Tracker, table: pd.DataFrame) -> dict:
     """The parent's figures: the verdict grid and loss curves by optimizer × clip."""
     from bpdiag import plots
-    from bpdiag.compare import varying_axes
-
-    from bpdiag.compare import comparable
+    from bpdiag.compare import comparable, varying_axes
 
     if table is None or table.empty:
         return {}
