@@ -266,7 +266,7 @@ def _sample(axis: Axis, rng: np.random.Generator) -> Any:
 
 def expand(spec: SweepSpec, source: str = "<spec>") -> list[RunConfig]:
     """All RunConfigs of a sweep (deduplicated by run_key, in order), validated one by one."""
-    base = _run_config(spec.base, "base", source, fields_only=True)
+    _run_config(spec.base, "base", source, fields_only=True)  # field errors point at base
     points: list[tuple[str, dict[str, Any]]] = []
     for g, grid in enumerate(spec.grids):
         prefix = f"parameters[{g}]" if isinstance(spec.parameters, list) else "parameters"

@@ -192,7 +192,7 @@ def _sorted(values) -> list:
 
 
 def loss_curves(
-    df, histories: dict[str, pd.DataFrame], by: tuple[str, str] = ("optimizer", "clip")
+    df, histories: dict, by: tuple[str, str] = ("optimizer", "clip")
 ) -> Figure:
     """Training loss against step: one panel per value of by[1], one line per value of by[0],
     the mean over seeds with a band from the lowest to the highest seed.
