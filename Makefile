@@ -24,7 +24,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 sweep: $(STAMP)
-	$(BIN)/bpdiag train --dataset spirals --depth 6 --width 32 --activation tanh --steps 500
+	$(BIN)/bpdiag sweep $(SPEC) $(SWEEP_FLAGS)
+
+ui: $(STAMP)
+	$(BIN)/bpdiag ui
 
 lint: $(STAMP)
 	$(BIN)/ruff check bpdiag tests benchmarks

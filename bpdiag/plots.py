@@ -184,16 +184,22 @@ def _rect(x: float, y: float, color: str):
 
 
 def _sorted(values) -> list:
+    """Distinct values in reading order: registry order for names (none, norm, agc, ...)."""
+    from bpdiag.activations import ACTIVATIONS
+    from bpdiag.clipping import CLIPPING
+    from bpdiag.optim import OPTIMIZERS
+
     unique = list(dict.fromkeys(values.tolist()))
+    known = {name: i for i, name in enumerate([*CLIPPING, *OPTIMIZERS, *ACTIVATIONS])}
+    if all(isinstance(v, str) and v in known for v in unique):
+        return sorted(unique, key=known.__getitem__)
     try:
         return sorted(unique)
     except TypeError:
         return sorted(unique, key=str)
 
 
-def loss_curves(
-    df, histories: dict, by: tuple[str, str] = ("optimizer", "clip")
-) -> Figure:
+def loss_curves(df, histories: dict, by: tuple[str, str] = ("optimizer", "clip")) -> Figure:
     """Training loss against step: one panel per value of by[1], one line per value of by[0],
     the mean over seeds with a band from the lowest to the highest seed.
 
@@ -222,7 +228,9 @@ def loss_curves(
             if not series:
                 continue
             table = pd.concat(series, axis=1).sort_index()
-            ax.plot(table.index, table.mean(axis=1), color=f"C{i}", label=f"{lv} ({len(series)})")
+            diverged = int((runs["label"] == "diverged").sum()) if "label" in runs else 0
+            note = f"{len(series)} runs" + (f", {diverged} diverged ↑" if diverged else "")
+            ax.plot(table.index, table.mean(axis=1), color=f"C{i}", label=f"{lv} ({note})")
             ax.fill_between(
                 table.index, table.min(axis=1), table.max(axis=1), color=f"C{i}", alpha=0.2
             )
