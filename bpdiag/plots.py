@@ -125,7 +125,7 @@ def norm_vs_depth(hist, title: str | None = None) -> Figure:
 
 def save(fig: Figure, path, dpi: int = 100) -> None:
     """Write a figure as PNG (Agg)."""
-    fig.savefig(path, dpi=dpi, format="png")
+    fig.savefig(path, dpi=dpi, format="png", pil_kwargs={"compress_level": 1})
 
 
 # ---------------------------------------------------------------- across runs (sweeps)

@@ -99,12 +99,24 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
 
 
 def warm_up() -> str:
-    """Load (or compile, on a fresh machine) every kernel and import the heavy modules, with
-    BLAS single-threaded: one worker process per core. Returns the worker's name."""
+    """Import the heavy modules and load (on a fresh machine: compile) every kernel, with BLAS
+    single-threaded: one worker process per core. Returns the worker's name.
+
+    Workers on one machine share Numba's on-disk cache: the kernel part runs under a machine-wide
+    file lock, so the first worker compiles while the others wait and then load the cache,
+    instead of all compiling at once and racing on its files; the imports run in parallel.
+    """
+    import fcntl
+    import tempfile
+
     from threadpoolctl import threadpool_limits
 
+    from bpdiag import data, plots  # noqa: F401  (matplotlib, scikit-learn)
+
     threadpool_limits(1)
-    for dtype in ("float32", "float64"):
-        execute(RunConfig(depth=3, width=4, steps=2, record_every=1, dtype=dtype, n_samples=32,
-                          dataset="spirals"))  # fmt: skip
+    data.load("spirals", n_samples=32)
+    with open(os.path.join(tempfile.gettempdir(), "bpdiag-numba-cache.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for dtype in ("float32", "float64"):
+            execute(RunConfig(depth=3, width=4, steps=2, record_every=1, dtype=dtype, n_samples=32))
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -3,8 +3,8 @@ arrive (the driver is the only MLflow writer), and finish with the parent's comp
 
 Workers: a ``LocalCluster`` of one single-threaded process per core unless a scheduler address
 is given (``--scheduler`` or ``DASK_SCHEDULER_ADDRESS``). Each worker loads the Numba kernels
-before its first task; the first worker warms alone so a fresh machine compiles once, without
-workers racing on the on-disk cache.
+before its first task, one worker per machine at a time, so a fresh machine compiles once
+without workers racing on the on-disk cache.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,20 +52,21 @@ def _client(scheduler: str | None, workers: int | None):
         return Client(address, timeout="30s"), None
     n = workers or os.cpu_count() or 1
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)  # fmt: skip
+                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)  # fmt: skip
     return Client(cluster), cluster
 
 
+def _close(client, cluster) -> None:
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
 def _warm(client) -> int:
-    """Warm one worker (compiles on a fresh machine), then all others (load from cache)."""
-    names = list(client.scheduler_info()["workers"])
-    if not names:
+    """Warm every worker before the first task (see ``run.warm_up`` for the cache lock)."""
+    if not client.scheduler_info()["workers"]:
         client.wait_for_workers(1, timeout=60)
-        names = list(client.scheduler_info()["workers"])
-    client.run(warm_up, workers=names[:1])
-    if len(names) > 1:
-        client.run(warm_up, workers=names[1:])
-    return len(names)
+    return len(client.run(warm_up))
 
 
 def _cost(cfg: RunConfig) -> float:
@@ -88,24 +90,32 @@ def run_sweep(
     t_start = time.perf_counter()
     spec, runs = load_spec(spec_path)
     out = SweepOutcome(spec, runs)
-    tracker = Tracker(tracking_uri)
-    exp_id = tracker.experiment_id(spec.experiment_name)
-    out.experiment_id, out.url = exp_id, ui_url(exp_id)
-    keys = {cfg.run_key for cfg in runs}
-    done = tracker.finished_keys(exp_id)
-    todo = [cfg for cfg in runs if rerun or cfg.run_key not in done]
-    out.skipped = len(runs) - len(todo)
-    tracker.mark_stale(exp_id, keys)
-    out.parent_run_id = parent = tracker.start_parent(
-        exp_id, spec, Path(spec_path).read_text(), len(runs), out.skipped
-    )
+    pool = ThreadPoolExecutor(max_workers=1)  # start the workers while the store is opened
+    client_future = pool.submit(_client, scheduler, workers)
+    try:
+        tracker = Tracker(tracking_uri)
+        exp_id = tracker.experiment_id(spec.experiment_name)
+        out.experiment_id, out.url = exp_id, ui_url(exp_id)
+        keys = {cfg.run_key for cfg in runs}
+        done = tracker.finished_keys(exp_id)
+        todo = [cfg for cfg in runs if rerun or cfg.run_key not in done]
+        out.skipped = len(runs) - len(todo)
+        tracker.mark_stale(exp_id, keys)
+        out.parent_run_id = parent = tracker.start_parent(
+            exp_id, spec, Path(spec_path).read_text(), len(runs), out.skipped
+        )
+    except BaseException:
+        _close(*client_future.result())
+        raise
+    finally:
+        pool.shutdown(wait=False)
     if on_start:
         on_start(out, len(todo))
     status = "FAILED"
     results: list[RunResult] = []
     try:
+        client, cluster = client_future.result()
         if todo:
-            client, cluster = _client(scheduler, workers)
             try:
                 t = time.perf_counter()
                 n_workers = _warm(client)

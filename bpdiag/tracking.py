@@ -32,7 +32,7 @@ from bpdiag.config import RUN_FIELDS
 from bpdiag.run import RunResult
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-LAYER_POINTS = 20  # records kept per per-layer series in MLflow (all of them in layers.parquet)
+LAYER_POINTS = 12  # records kept per per-layer series in MLflow (all of them in layers.parquet)
 STEP_SERIES = {  # MLflow key ← History.steps column
     "loss": "loss",
     "accuracy": "accuracy",
@@ -40,6 +40,7 @@ STEP_SERIES = {  # MLflow key ← History.steps column
     "grad_norm/total_clipped": "grad_norm_total_clipped",
     "clip_coef": "clip_coef",
 }
+UNCLIPPED_SERIES = {k: v for k, v in STEP_SERIES.items() if "clip" not in k}  # no copies of 1, ‖g‖
 LAYER_SERIES = {
     "grad_norm": "grad_norm_W",
     "delta_rms": "delta_rms",
@@ -214,7 +215,8 @@ class Tracker:
         out = []
         if result.steps is not None:
             steps = result.steps
-            for key, column in STEP_SERIES.items():
+            series = STEP_SERIES if result.config.clip != "none" else UNCLIPPED_SERIES
+            for key, column in series.items():
                 for step, value in zip(steps["step"], steps[column], strict=True):
                     if _finite_or_skip(value):
                         out.append(Metric(key, float(value), now, int(step)))
