@@ -7,8 +7,35 @@ a rich progress bar only when the CLI (or a user) passes it in.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from bpdiag.train import Chunk
+import pandas as pd
+
+
+@dataclass
+class Chunk:
+    """What a hook sees after each kernel call: the records written by that call."""
+
+    step: int  # optimizer steps done so far
+    total_steps: int
+    steps: pd.DataFrame  # rows of History.steps recorded in this chunk
+    nonfinite: bool  # the chunk stopped at a non-finite loss or gradient
+
+
+class NaNGuard:
+    """Stop at the first non-finite loss or gradient and record that step (on by default).
+
+    The guard itself runs inside the kernel — a per-chunk hook would see the failure only after
+    the chunk had trained on — so this hook is a switch: ``train(..., nan_guard=True)`` is the
+    default, ``NaNGuard()`` among the hooks changes nothing, ``NaNGuard(enabled=False)`` (like
+    ``nan_guard=False``) lets training run on through NaN/Inf.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def __call__(self, chunk: Chunk) -> None:
+        return None
 
 
 class EarlyStop:

@@ -14,6 +14,7 @@ import pandas as pd
 from bpdiag import kernels
 from bpdiag.clipping import clip_code
 from bpdiag.diagnose import Diagnosis, diagnose
+from bpdiag.hooks import Chunk, NaNGuard
 from bpdiag.model import MLP
 from bpdiag.optim import resolve_optimizer
 from bpdiag.theory import Prediction, predict
@@ -53,16 +54,6 @@ class BatchSampler:
             n -= stop - self.batch
             self.batch = stop
         return np.concatenate(idx).astype(np.int64), np.concatenate(starts).astype(np.int64)
-
-
-@dataclass
-class Chunk:
-    """What a hook sees after each kernel call: the records written by that call."""
-
-    step: int  # optimizer steps done so far
-    total_steps: int
-    steps: pd.DataFrame  # rows of History.steps recorded in this chunk
-    nonfinite: bool  # the chunk stopped at a non-finite loss or gradient
 
 
 @dataclass
@@ -186,6 +177,8 @@ def train(
     for hook in hooks:
         if not callable(hook):
             raise TypeError(f"hooks must be callables taking a Chunk, got {hook!r}")
+        if isinstance(hook, NaNGuard):
+            nan_guard = nan_guard and hook.enabled
 
     lay = net.layout
     a_off = lay.a_off(batch)

@@ -85,3 +85,19 @@ def test_clip_fraction_counts_clipped_steps():
     always = train(net, X, Y, steps=10, clip="norm", clip_value=1e-9, batch_size=None)
     never = train(net, X, Y, steps=10, clip="norm", clip_value=1e9, batch_size=None)
     assert always.summary["clip_fraction"] == 1.0 and never.summary["clip_fraction"] == 0.0
+
+
+def test_nan_guard_hook_switches_the_kernel_guard():
+    from bpdiag.hooks import EarlyStop, NaNGuard
+
+    net = MLP([5, 8, 8, 1], activation="relu", loss="mse", seed=0)
+    X, Y = make_problem("mse", m=16, n_out=1)
+    on = train(net, X, Y * 1e30, optimizer="sgd", lr=1.0, steps=30, hooks=[NaNGuard()])
+    assert on.stopped_by == "nonfinite"
+    net = MLP([5, 8, 8, 1], activation="relu", loss="mse", seed=0)
+    off = train(net, X, Y * 1e30, optimizer="sgd", lr=1.0, steps=30, hooks=[NaNGuard(enabled=False)])
+    assert off.stopped_by is None and off.steps_done == 30 and off.diverged_step >= 0
+    net = MLP([5, 8, 1], activation="tanh", loss="bce", seed=0)
+    Xb, Yb = make_problem("bce", m=16, n_out=1)
+    early = train(net, Xb, Yb, steps=10_000, lr=0.05, hooks=[EarlyStop(0.6)])
+    assert early.stopped_by == "EarlyStop" and early.steps_done < 10_000
