@@ -371,15 +371,16 @@ def _scale(x, lo, hi, c):
 
 @njit(**JIT)
 def clip(clip_code, c, theta, grads, sizes, w_off, b_off, total_sq):
-    """Clip ``grads`` in place (see ``bpdiag.clipping``); ``total_sq`` = ‖g‖² before clipping.
+    """Clip ``grads`` (see ``bpdiag.clipping``); ``total_sq`` = ‖g‖² before clipping.
 
-    Returns (coefficient of ``norm`` clipping or 1.0, whether any entry changed).
+    Returns (coef, clipped): ``norm`` clipping leaves ``grads`` as they are and returns the
+    factor for the optimizer pass to apply (one pass over the gradients fewer); the other modes
+    clip in place and return 1.0.
     """
     if clip_code == NONE:
         return 1.0, False
     if clip_code == NORM:
         coef = min(c / (math.sqrt(total_sq) + NORM_EPS), 1.0)
-        _scale(grads, 0, grads.size, coef)
         return coef, coef < 1.0
     clipped = False
     if clip_code == VALUE:
@@ -409,14 +410,17 @@ def clip(clip_code, c, theta, grads, sizes, w_off, b_off, total_sq):
 
 
 @njit(**FAST)
-def update(opt, hp, t, theta, grads, state, lo, hi):
-    """One optimizer step (PyTorch's formulas, see ``bpdiag.optim``) on theta[lo:hi].
+def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
+    """One optimizer step (PyTorch's formulas, see ``bpdiag.optim``) on theta[lo:hi] with the
+    gradient coef·grads (coef: ``clip_grad_norm_``'s factor, else 1).
 
-    t is the 1-based step count. Scalars are cast to theta's dtype first, as PyTorch applies
-    Python-float hyper-parameters to float32 tensors. Returns (‖Δθ‖², ‖θ‖², ‖g‖²) over the
-    range, θ before the step and g the (clipped) gradient, accumulated in the same pass.
+    t is the 1-based step count. Scalars are cast to theta's dtype (through the scratch ``sc``,
+    9 entries of that dtype), as PyTorch applies Python-float hyper-parameters to float32
+    tensors. Returns (‖Δθ‖², ‖θ‖², ‖g‖²) over the range, θ before the step and g the clipped
+    gradient, accumulated in the same pass.
     """
-    sc = np.empty(8, theta.dtype)  # hyper-parameters in theta's dtype
+    sc[8] = coef
+    cf = sc[8]
     sc[0] = hp[LR]
     sc[1] = hp[WEIGHT_DECAY]
     sc[2] = hp[MOMENTUM]
@@ -431,7 +435,8 @@ def update(opt, hp, t, theta, grads, state, lo, hi):
         first = t == 1
         for p in range(lo, hi):
             old = theta[p]
-            g = grads[p] + wd * old
+            gc = grads[p] * cf
+            g = gc + wd * old
             if mu != 0.0:
                 buf = g if first else mu * state[0, p] + undamped * g
                 state[0, p] = buf
@@ -439,7 +444,7 @@ def update(opt, hp, t, theta, grads, state, lo, hi):
             theta[p] = old - lr * g
             dsq += (float(theta[p]) - float(old)) ** 2
             wsq += float(old) * float(old)
-            gsq += float(grads[p]) * float(grads[p])
+            gsq += float(gc) * float(gc)
     elif opt == ADAM or opt == ADAMW:
         sc[3] = 1.0 - hp[BETA1]
         sc[4] = hp[BETA2]
@@ -455,7 +460,8 @@ def update(opt, hp, t, theta, grads, state, lo, hi):
         l2 = sc[2]
         for p in range(lo, hi):
             old = theta[p]
-            g = grads[p] + l2 * old
+            gc = grads[p] * cf
+            g = gc + l2 * old
             m = state[0, p]
             m = m + one_b1 * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
             v = state[1, p] * b2 + one_b2 * g * g
@@ -464,7 +470,7 @@ def update(opt, hp, t, theta, grads, state, lo, hi):
             theta[p] = old * decay - step_size * m / (math.sqrt(v) / bc2_sqrt + eps)
             dsq += (float(theta[p]) - float(old)) ** 2
             wsq += float(old) * float(old)
-            gsq += float(grads[p]) * float(grads[p])
+            gsq += float(gc) * float(gc)
     else:  # RMSPROP
         sc[3] = hp[ALPHA]
         sc[4] = 1.0 - hp[ALPHA]
@@ -473,7 +479,8 @@ def update(opt, hp, t, theta, grads, state, lo, hi):
         centered = hp[CENTERED] != 0.0
         for p in range(lo, hi):
             old = theta[p]
-            g = grads[p] + wd * old
+            gc = grads[p] * cf
+            g = gc + wd * old
             v = state[1, p] * alpha + one_alpha * g * g
             state[1, p] = v
             if centered:
@@ -490,7 +497,7 @@ def update(opt, hp, t, theta, grads, state, lo, hi):
                 theta[p] = old - lr * g / avg
             dsq += (float(theta[p]) - float(old)) ** 2
             wsq += float(old) * float(old)
-            gsq += float(grads[p]) * float(grads[p])
+            gsq += float(gc) * float(gc)
     return dsq, wsq, gsq
 
 
@@ -567,6 +574,7 @@ def train_steps(
     opt, clip_code, act = codes[C_OPT], codes[C_CLIP], codes[C_ACT]
     stats = np.zeros((L, N_STATS))
     alive = np.empty(sizes.max())
+    sc = np.empty(9, theta.dtype)
     for s in range(n_steps):
         step = step0 + s
         lo = starts[s]
@@ -599,8 +607,8 @@ def train_steps(
         clipped_sq = 0.0
         for k in range(L):
             w0, b0, nw = w_off[k], b_off[k], sizes[k + 1] * sizes[k]
-            dsq, wsq, gwsq = update(opt, hp, step + 1, theta, grads, state, w0, w0 + nw)
-            gbsq = update(opt, hp, step + 1, theta, grads, state, b0, b0 + sizes[k + 1])[2]
+            dsq, wsq, gwsq = update(opt, hp, step + 1, theta, grads, coef, state, w0, w0 + nw, sc)
+            gbsq = update(opt, hp, step + 1, theta, grads, coef, state, b0, b0 + sizes[k + 1], sc)[2]
             clipped_sq += gwsq + gbsq
             if recording:
                 rec_layer[row, k, L_GRAD_W_CLIPPED] = math.sqrt(gwsq)
