@@ -178,7 +178,10 @@ def have_torch() -> bool:
 # ---------------------------------------------------------------- measurements
 
 
-def interleaved(impls, seconds: float, rounds: int = 5) -> dict[str, float]:
+QUIESCE_S = 0.3  # OpenBLAS and OpenMP threads spin after work; let them park before timing another
+
+
+def interleaved(impls, seconds: float, rounds: int = 7) -> dict[str, float]:
     """Median per-step time of each implementation over ``rounds`` interleaved rounds."""
     n = {}
     for impl in impls:
@@ -187,6 +190,7 @@ def interleaved(impls, seconds: float, rounds: int = 5) -> dict[str, float]:
     times = {impl: [] for impl in impls}
     for _ in range(rounds):
         for impl in impls:
+            time.sleep(QUIESCE_S)
             times[impl].append(impl.run(n[impl]))
     return {impl: statistics.median(t) for impl, t in times.items()}
 

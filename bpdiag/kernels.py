@@ -608,7 +608,9 @@ def train_steps(
         for k in range(L):
             w0, b0, nw = w_off[k], b_off[k], sizes[k + 1] * sizes[k]
             dsq, wsq, gwsq = update(opt, hp, step + 1, theta, grads, coef, state, w0, w0 + nw, sc)
-            gbsq = update(opt, hp, step + 1, theta, grads, coef, state, b0, b0 + sizes[k + 1], sc)[2]
+            gbsq = update(opt, hp, step + 1, theta, grads, coef, state, b0, b0 + sizes[k + 1], sc)[
+                2
+            ]
             clipped_sq += gwsq + gbsq
             if recording:
                 rec_layer[row, k, L_GRAD_W_CLIPPED] = math.sqrt(gwsq)

@@ -95,7 +95,9 @@ def test_nan_guard_hook_switches_the_kernel_guard():
     on = train(net, X, Y * 1e30, optimizer="sgd", lr=1.0, steps=30, hooks=[NaNGuard()])
     assert on.stopped_by == "nonfinite"
     net = MLP([5, 8, 8, 1], activation="relu", loss="mse", seed=0)
-    off = train(net, X, Y * 1e30, optimizer="sgd", lr=1.0, steps=30, hooks=[NaNGuard(enabled=False)])
+    off = train(
+        net, X, Y * 1e30, optimizer="sgd", lr=1.0, steps=30, hooks=[NaNGuard(enabled=False)]
+    )
     assert off.stopped_by is None and off.steps_done == 30 and off.diverged_step >= 0
     net = MLP([5, 8, 1], activation="tanh", loss="bce", seed=0)
     Xb, Yb = make_problem("bce", m=16, n_out=1)
