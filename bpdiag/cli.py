@@ -207,9 +207,8 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings) -> No
         bar.update(task["id"], advance=1, description=f"{result.config.name[:40]:40s}",
                    failed=bar.tasks[0].fields["failed"] + (result.status != "FINISHED"))  # fmt: skip
         if result.status != "FINISHED":
-            bar.console.print(
-                f"[red]FAILED[/] {result.config.name}: {(result.error or '').strip().splitlines()[-1]}"
-            )
+            lines = (result.error or "").strip().splitlines() or ["unknown error"]
+            bar.console.print(f"[red]FAILED[/] {result.config.name}: {lines[-1]}")
 
     try:
         outcome = run_sweep(spec, tracking_uri, scheduler, workers, rerun, on_start, on_result)
@@ -220,6 +219,9 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings) -> No
         _fail(
             "interrupted: finished runs are in the store; run the same command again to resume", 130
         )
+    except Exception as err:  # store or cluster unreachable, ...: one line, not a traceback
+        bar.stop()
+        _fail(f"{type(err).__name__}: {err}", 1)
     finally:
         bar.stop()
     console.print(f"[bold]{outcome.finished}[/] finished, [red]{outcome.failed}[/] failed, "
@@ -231,6 +233,9 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings) -> No
     uri = tracking_uri_of(tracking_uri)
     console.print(f"\nOpen the MLflow UI:  [bold]bpdiag ui --tracking-uri {uri}[/]   (or: make ui)")
     console.print(f"then the runs table: [link={outcome.url}]{outcome.url}[/link]")
+    console.print(
+        "and expand the sweep's parent run; filter e.g. tags.bpdiag.diagnosis = 'vanishing'"
+    )
 
 
 def _print_timings(console, t: dict) -> None:

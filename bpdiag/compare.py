@@ -14,7 +14,7 @@ AXIS_ORDER = ("depth", "activation", "init", "width", "optimizer", "clip", "clip
 def varying_axes(df: pd.DataFrame) -> list[str]:
     """RunConfig fields (not seed) that take more than one value in ``df``."""
     fields = [f for f in AXIS_ORDER if f in df] + [f for f in RUN_FIELDS if f not in AXIS_ORDER]
-    return [f for f in fields if f in df and f != "seed" and df[f].astype(str).nunique() > 1]
+    return [f for f in fields if f in df and f != "seed" and df[f].map(str).nunique() > 1]
 
 
 def comparable(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
@@ -26,7 +26,7 @@ def comparable(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     others = [f for f in RUN_FIELDS if f in df and f not in axes and f != "seed"]
     if not others:
         return df
-    keys = df[others].astype(str).agg("|".join, axis=1)
+    keys = df[others].map(str).agg("|".join, axis=1)
     combos = df.groupby(keys)[axes].apply(lambda g: len(g.drop_duplicates()))
     return df[keys == combos.idxmax()]
 

@@ -153,12 +153,12 @@ def verdict_grid(
                  layout="constrained")  # fmt: skip
     axs = fig.subplots(1, len(facet_values), squeeze=False)[0]
     for ax, fv in zip(axs, facet_values, strict=True):
-        sub = df if facet is None else df[df[facet].astype(str) == str(fv)]
+        sub = df if facet is None else df[df[facet].map(str) == str(fv)]
         for i, rv in enumerate(row_values):
             for j, cv in enumerate(col_values):
-                cell = sub[sub[cols].astype(str) == str(cv)]
+                cell = sub[sub[cols].map(str) == str(cv)]
                 if rows:
-                    cell = cell[cell[rows].astype(str) == str(rv)]
+                    cell = cell[cell[rows].map(str) == str(rv)]
                 if cell.empty:
                     continue
                 label, k, n = majority(cell["label"])
@@ -220,9 +220,9 @@ def loss_curves(df, histories: dict, by: tuple[str, str] = ("optimizer", "clip")
     fig = Figure(figsize=(4.2 * len(panels), 3.8), layout="constrained")
     axs = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     for ax, pv in zip(axs, panels, strict=True):
-        sub = df[df[panel_axis].astype(str) == str(pv)]
+        sub = df[df[panel_axis].map(str) == str(pv)]
         for i, lv in enumerate(_sorted(sub[line_axis])):
-            runs = sub[sub[line_axis].astype(str) == str(lv)]
+            runs = sub[sub[line_axis].map(str) == str(lv)]
             series = [histories[r].set_index("step")["loss"].where(lambda x: np.isfinite(x) & (x < 1e300))
                       for r in runs["run_id"] if r in histories and len(histories[r])]  # fmt: skip
             if not series:

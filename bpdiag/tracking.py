@@ -294,14 +294,10 @@ class Tracker:
                 "run_key": tags.get(TAG_RUN_KEY),
                 "label": tags.get(TAG_DIAGNOSIS),
             }
-            row.update(run.data.params)
+            row.update(_config_of(run.data.params))
             row.update({k: v for k, v in run.data.metrics.items() if "/" not in k})
             rows.append(row)
-        df = pd.DataFrame(rows)
-        for col in RUN_FIELDS:
-            if col in df:
-                df[col] = _typed(df[col])
-        return df
+        return pd.DataFrame(rows)
 
     def loss_history(self, run_id: str) -> pd.DataFrame:
         hist = self.client.get_metric_history(run_id, "loss")
@@ -310,13 +306,13 @@ class Tracker:
         ).sort_values("step")
 
 
-def _typed(column: pd.Series) -> pd.Series:
-    """MLflow params are strings: give numbers back their type ('None' stays a string)."""
-    numeric = pd.to_numeric(column, errors="coerce")
-    if numeric.notna().all():
-        return (
-            numeric.astype(np.int64)
-            if (numeric == numeric.round()).all() and not column.str.contains(r"[.eE]").any()
-            else numeric
-        )
-    return column
+def _config_of(params: dict[str, str]) -> dict[str, object]:
+    """MLflow params are strings: the RunConfig they came from, typed (raw strings if not one)."""
+    from pydantic import ValidationError
+
+    from bpdiag.config import RunConfig
+
+    try:
+        return RunConfig(**{k: None if v == "None" else v for k, v in params.items()}).model_dump()
+    except ValidationError:
+        return dict(params)

@@ -115,17 +115,21 @@ def _positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-def _tables(rec_step: np.ndarray, rec_layer: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _steps_table(rec_step: np.ndarray) -> pd.DataFrame:
+    """History.steps from the (records, STEP_COLUMNS) array."""
     steps = pd.DataFrame(rec_step, columns=list(kernels.STEP_COLUMNS))
     steps["step"] = steps["step"].astype(np.int64)
-    n, L, _ = rec_layer.shape
-    layers = pd.DataFrame(
-        rec_layer.reshape(n * L, len(kernels.LAYER_COLUMNS)), columns=list(kernels.LAYER_COLUMNS)
-    )
+    return steps
+
+
+def _layers_table(rec_layer: np.ndarray, steps: pd.Series) -> pd.DataFrame:
+    """History.layers (long form) from the (records, L, LAYER_COLUMNS) array."""
+    n, L, n_cols = rec_layer.shape
+    layers = pd.DataFrame(rec_layer.reshape(n * L, n_cols), columns=list(kernels.LAYER_COLUMNS))
     layers.insert(0, "layer", np.tile(np.arange(1, L + 1), n))
-    layers.insert(0, "step", np.repeat(steps["step"].to_numpy(), L))
+    layers.insert(0, "step", np.repeat(steps.to_numpy(), L))
     layers["nonfinite"] = layers["nonfinite"].astype(np.int64)
-    return steps, layers
+    return layers
 
 
 def train(
@@ -208,15 +212,17 @@ def train(
         if status == kernels.STATUS_NONFINITE:
             diverged, stopped_by = done + k, "nonfinite"
         done += k
-        info = Chunk(done, steps, _tables(rec_step[row:new_row], rec_layer[row:new_row])[0],
-                     status == kernels.STATUS_NONFINITE)  # fmt: skip
+        info = Chunk(
+            done, steps, _steps_table(rec_step[row:new_row]), status == kernels.STATUS_NONFINITE
+        )
         row = new_row
         for hook in hooks:
             if hook(info) and stopped_by is None:
                 stopped_by = type(hook).__name__
         chunk = max(1, min(4096, int(n * CHUNK_SECONDS / max(elapsed, 1e-6))))
     seconds = time.perf_counter() - start
-    steps_df, layers_df = _tables(rec_step[:row], rec_layer[:row])
+    steps_df = _steps_table(rec_step[:row])
+    layers_df = _layers_table(rec_layer[:row], steps_df["step"])
     if diverged < 0:  # without the guard: the first recorded non-finite step
         bad = ~np.isfinite(steps_df["loss"]) | ~np.isfinite(steps_df["grad_norm_total"])
         diverged = int(steps_df["step"][bad].iloc[0]) if bad.any() else -1
