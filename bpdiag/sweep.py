@@ -62,6 +62,14 @@ def _close(client, cluster) -> None:
         cluster.close()
 
 
+def _close_when_up(client_future) -> None:
+    """Close the cluster being started in the background, once it is up (if it came up)."""
+    try:
+        _close(*client_future.result())
+    except Exception:
+        pass
+
+
 def _warm(client) -> int:
     """Warm every worker before the first task (see ``run.warm_up`` for the cache lock)."""
     if not client.scheduler_info()["workers"]:
@@ -105,7 +113,7 @@ def run_sweep(
             exp_id, spec, Path(spec_path).read_text(), len(runs), out.skipped
         )
     except BaseException:
-        _close(*client_future.result())
+        _close_when_up(client_future)
         raise
     finally:
         pool.shutdown(wait=False)
@@ -115,20 +123,17 @@ def run_sweep(
     results: list[RunResult] = []
     try:
         client, cluster = client_future.result()
-        if todo:
-            try:
+        try:
+            if todo:
                 t = time.perf_counter()
-                n_workers = _warm(client)
-                out.timings["workers"] = n_workers
+                out.timings["workers"] = _warm(client)
                 out.timings["startup_s"] = time.perf_counter() - t_start
                 out.timings["warm_s"] = time.perf_counter() - t
                 results = _execute(
                     client, todo, tracker, exp_id, parent, spec.name, rerun, done, out, on_result
                 )
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+        finally:
+            _close(client, cluster)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
