@@ -30,3 +30,10 @@ def test_bad_values_exit_2_with_a_message(tmp_path):
     assert result.exit_code == 2 and "needs clip_value" in " ".join(result.output.split())
     result = CliRunner().invoke(main, ["train", "--activation", "swish"])
     assert result.exit_code == 2 and "swish" in result.output
+
+
+def test_gradcheck_command_passes_for_every_loss():
+    for loss in ("bce", "ce", "mse"):
+        result = CliRunner().invoke(main, ["gradcheck", "--loss", loss, "--activation", "gelu"])
+        assert result.exit_code == 0, result.output
+        assert "ok" in result.output and "MISMATCH" not in result.output
