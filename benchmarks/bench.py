@@ -5,7 +5,8 @@ for bpdiag, PyTorch CPU (if installed) and plain NumPy, interleaved in one proce
     python benchmarks/bench.py --configs S,M --acts tanh --dtypes float32 --no-compile
 
 Prints medians and ratios (PyTorch / bpdiag), GFLOP/s against the sgemm/dgemm rate measured in
-the same run, the cost of recording every step, Numba compile times, and writes all as JSON.
+the same run, the cost of recording every step, Numba compile times, the default sweep's runs
+per minute, and writes all as JSON.
 """
 
 from __future__ import annotations
@@ -242,6 +243,17 @@ def compile_times() -> dict[str, float]:
         return out
 
 
+def sweep_throughput(spec: str = "sweeps/default.yaml") -> dict[str, float]:
+    """Runs per minute of a whole sweep (Dask LocalCluster, SQLite store in a temp dir)."""
+    from bpdiag.sweep import run_sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = run_sweep(spec, tracking_uri=f"sqlite:///{tmp}/bench.db")
+    wall = out.timings["wall_s"]
+    return {"runs": out.finished, "wall_s": wall, "runs_per_minute": 60 * out.finished / wall,
+            "train_s": out.timings["train_s"]}  # fmt: skip
+
+
 def machine() -> dict[str, object]:
     from threadpoolctl import threadpool_info
 
@@ -269,6 +281,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5, help="per implementation and case")
     ap.add_argument("--no-numpy", action="store_true", help="skip the plain-NumPy peer")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time runs")
+    ap.add_argument("--no-sweep", action="store_true", help="skip timing sweeps/default.yaml")
     ap.add_argument("--out", default="bench-results/bench.json")
     args = ap.parse_args()
     torch_ok = have_torch()
@@ -313,6 +326,10 @@ def main() -> None:
         c = result["compile"]
         print(f"compile: cold (empty cache) {c['cold_total_s']:.1f} s to compile everything; "
               f"warm import → first step {c['warm_first_step_s']:.2f} s")  # fmt: skip
+    if not args.no_sweep:
+        result["sweep"] = sw = sweep_throughput()
+        print(f"default sweep: {sw['runs']} runs in {sw['wall_s']:.1f} s = "
+              f"{sw['runs_per_minute']:.1f} runs/minute")  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

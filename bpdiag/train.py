@@ -197,7 +197,13 @@ def train(
     rec_layer = np.full((n_rec, net.depth, len(kernels.LAYER_COLUMNS)), np.nan)
     sampler = BatchSampler(m, batch, shuffle, seed)
 
-    done, row, chunk, stopped_by, diverged = 0, 0, min(record_every, 16), None, -1
+    done, row, chunk, stopped_by, diverged = (
+        0,
+        0,
+        16,
+        None,
+        -1,
+    )  # chunks then grow to ~CHUNK_SECONDS
     start = time.perf_counter()
     while done < steps and stopped_by is None:
         n = min(chunk, steps - done)
