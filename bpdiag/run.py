@@ -111,12 +111,14 @@ def warm_up() -> str:
 
     from threadpoolctl import threadpool_limits
 
-    from bpdiag import data, plots  # noqa: F401  (matplotlib, scikit-learn)
-
     threadpool_limits(1)
-    data.load("spirals", n_samples=32)
+    import bpdiag.plots  # noqa: F401  (matplotlib) and scikit-learn, in parallel with other workers
+
+    _dataset("spirals", 32, 0)
+    tiny = {"depth": 3, "width": 4, "steps": 2, "record_every": 1, "n_samples": 32}
     with open(os.path.join(tempfile.gettempdir(), "bpdiag-numba-cache.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for dtype in ("float32", "float64"):
-            execute(RunConfig(depth=3, width=4, steps=2, record_every=1, dtype=dtype, n_samples=32))
+            execute(RunConfig(**tiny, dtype=dtype), figures=False)
+    execute(RunConfig(**tiny))  # figures too: matplotlib's fonts and caches, outside the lock
     return f"{socket.gethostname()}:{os.getpid()}"
