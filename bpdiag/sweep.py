@@ -62,10 +62,23 @@ def _close(client, cluster) -> None:
         cluster.close()
 
 
+def _ready_client(scheduler: str | None, workers: int | None):
+    """(client, cluster, workers, warm-up seconds): a client whose workers are all warm."""
+    client, cluster = _client(scheduler, workers)
+    try:
+        t = time.perf_counter()
+        n = _warm(client)
+    except BaseException:
+        _close(client, cluster)
+        raise
+    return client, cluster, n, time.perf_counter() - t
+
+
 def _close_when_up(client_future) -> None:
     """Close the cluster being started in the background, once it is up (if it came up)."""
     try:
-        _close(*client_future.result())
+        client, cluster, *_ = client_future.result()
+        _close(client, cluster)
     except Exception:
         pass
 
@@ -98,8 +111,8 @@ def run_sweep(
     t_start = time.perf_counter()
     spec, runs = load_spec(spec_path)
     out = SweepOutcome(spec, runs)
-    pool = ThreadPoolExecutor(max_workers=1)  # start the workers while the store is opened
-    client_future = pool.submit(_client, scheduler, workers)
+    pool = ThreadPoolExecutor(max_workers=1)  # start and warm the workers while the store opens
+    client_future = pool.submit(_ready_client, scheduler, workers)
     try:
         tracker = Tracker(tracking_uri)
         exp_id = tracker.experiment_id(spec.experiment_name)
@@ -122,13 +135,11 @@ def run_sweep(
     status = "FAILED"
     results: list[RunResult] = []
     try:
-        client, cluster = client_future.result()
+        client, cluster, n_workers, warm_s = client_future.result()
         try:
             if todo:
-                t = time.perf_counter()
-                out.timings["workers"] = _warm(client)
+                out.timings["workers"], out.timings["warm_s"] = n_workers, warm_s
                 out.timings["startup_s"] = time.perf_counter() - t_start
-                out.timings["warm_s"] = time.perf_counter() - t
                 results = _execute(
                     client, todo, tracker, exp_id, parent, spec.name, rerun, done, out, on_result
                 )
