@@ -27,7 +27,6 @@ from bpdiag.inits import get_init
 from bpdiag.optim import OPTIMIZERS, resolve_optimizer
 from bpdiag.registry import lookup
 
-OPTIMIZER_OPTIONS = ("momentum", "weight_decay", "beta1", "beta2", "eps", "alpha")
 
 
 class RunConfig(BaseModel):
