@@ -28,7 +28,6 @@ from bpdiag.optim import OPTIMIZERS, resolve_optimizer
 from bpdiag.registry import lookup
 
 
-
 class RunConfig(BaseModel):
     """One training run. Field names are the MLflow param names and the sweep axes."""
 
