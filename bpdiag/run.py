@@ -3,7 +3,6 @@ picklable, so a Dask worker anywhere can run it without reaching the tracking st
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import time
@@ -45,12 +44,12 @@ def _dataset(name: str, n_samples: int, seed: int):
     return data.load(name, n_samples=n_samples, seed=seed)
 
 
-def _png(fig) -> bytes:
-    from bpdiag.plots import save
+@lru_cache(maxsize=1)
+def _figures():
+    """This process's figure renderer (it reuses its matplotlib objects run after run)."""
+    from bpdiag.plots import RunFigures
 
-    buf = io.BytesIO()
-    save(fig, buf)
-    return buf.getvalue()
+    return RunFigures()
 
 
 def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
@@ -83,9 +82,7 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
         t = time.perf_counter()
         pngs = {}
         if figures:
-            title = f"{cfg.dataset} · {plots.run_title(hist)}"
-            pngs["gradient_flow.png"] = _png(plots.gradient_flow(hist, title))
-            pngs["grad_norm_vs_depth.png"] = _png(plots.norm_vs_depth(hist, title))
+            pngs = _figures().render(hist, f"{cfg.dataset} · {plots.run_title(hist)}")
         times["plots_s"] = time.perf_counter() - t
         times["total_s"] = time.perf_counter() - start
         return RunResult(

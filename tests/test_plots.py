@@ -40,3 +40,24 @@ def test_plots_survive_a_diverged_run():
     assert hist.diagnosis.label == "diverged"
     plots.gradient_flow(hist)
     plots.norm_vs_depth(hist)
+
+
+def test_reused_figures_draw_the_same_pngs_as_fresh_ones():
+    """RunFigures redraws one pair of figures run after run; each PNG must equal a fresh one's,
+    whatever ran before it (deeper, shallower, diverged, with or without a theory line)."""
+    ds = data.load("spirals", n_samples=200)
+    net = MLP([2, 32, 32, 1], activation="relu", loss="bce", seed=0)
+    diverged = train(net, ds.X_train, ds.Y_train, optimizer="sgd", lr=1e6, steps=50, record_every=1)
+    runs = [
+        _hist("relu", "he_normal"),  # theory line
+        diverged,  # a shallow net, few records
+        _hist("sigmoid", steps=60),
+        _hist("relu", "he_normal"),
+    ]
+    figures = plots.RunFigures()
+    for hist in runs:
+        pngs = figures.render(hist, "t")
+        fresh = {"gradient_flow.png": plots.gradient_flow(hist, "t"),
+                 "grad_norm_vs_depth.png": plots.norm_vs_depth(hist, "t")}  # fmt: skip
+        for name, fig in fresh.items():
+            assert pngs[name] == plots._png(fig), name
