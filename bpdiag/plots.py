@@ -96,8 +96,19 @@ def _flow_frame() -> Figure:
         fig.colorbar(mesh, ax=ax, label=f"log10({name.split()[-1]} / layer L)")
     axes[0].set_ylabel("layer (1 = input side)")
     axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    _place_labels(axes, y=-0.055)
+    for cax in fig.axes[2:]:
+        cax.yaxis.set_label_coords(4.2, 0.5)
     fig.suptitle("")
     return fig
+
+
+def _place_labels(axes, y: float) -> None:
+    """Fixed axis-label positions (axes fractions): placing them automatically measures every
+    tick label's box, ~15% of drawing a run's figures."""
+    for ax in axes:
+        ax.xaxis.set_label_coords(0.5, -0.08)
+        ax.yaxis.set_label_coords(y, 0.5)
 
 
 def _draw_flow(fig: Figure, hist, title: str | None) -> Figure:
@@ -135,6 +146,7 @@ def _depth_frame() -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name, y=1.01)
         ax.grid(True, which="major", alpha=0.3)
+    _place_labels(axes, y=-0.1)
     fig.suptitle("")
     return fig
 
