@@ -134,17 +134,18 @@ def run_sweep(
         on_start(out, len(todo))
     status = "FAILED"
     results: list[RunResult] = []
+    losses: dict[str, pd.DataFrame] = {}  # run_id → (step, loss) of this invocation's runs
+    closing = ThreadPoolExecutor(max_workers=1)  # the cluster shuts down while the parent finishes
     try:
         client, cluster, n_workers, warm_s = client_future.result()
         try:
             if todo:
                 out.timings["workers"], out.timings["warm_s"] = n_workers, warm_s
                 out.timings["startup_s"] = time.perf_counter() - t_start
-                results = _execute(
-                    client, todo, tracker, exp_id, parent, spec.name, rerun, done, out, on_result
-                )
+                results = _execute(client, todo, tracker, exp_id, parent, spec.name, rerun, done,
+                                   out, on_result, losses)  # fmt: skip
         finally:
-            _close(client, cluster)
+            closing.submit(_close, client, cluster)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -154,11 +155,12 @@ def run_sweep(
         if status == "FINISHED":
             out.table = tracker.table(exp_id, keys)
             tracker.finish_parent(
-                parent, out.table, _comparison_figures(tracker, out.table), status
+                parent, out.table, _comparison_figures(tracker, out.table, losses), status
             )
         else:
             tracker.end_parent(parent, status)
         out.timings["finish_s"] = time.perf_counter() - t
+        closing.shutdown(wait=True)
         out.timings["wall_s"] = time.perf_counter() - t_start
         out.timings["log_s"] = tracker.log_seconds
         out.timings["train_s"] = sum(r.timings.get("train_s", 0.0) for r in results)
@@ -167,7 +169,7 @@ def run_sweep(
 
 
 def _execute(
-    client, todo, tracker, exp_id, parent, sweep, rerun, done, out, on_result
+    client, todo, tracker, exp_id, parent, sweep, rerun, done, out, on_result, losses
 ) -> list[RunResult]:
     from distributed import as_completed
 
@@ -186,12 +188,14 @@ def _execute(
         except Exception as err:  # the worker died or the task could not run
             result = RunResult(cfg, "FAILED", error=f"{type(err).__name__}: {err}")
         future.release()
-        tracker.log_child(exp_id, parent, sweep, result)
+        run_id = tracker.log_child(exp_id, parent, sweep, result)
+        if result.steps is not None:
+            losses[run_id] = result.steps[["step", "loss"]]
         if rerun and result.status == "FINISHED" and cfg.run_key in done:
             tracker.client.delete_run(done[cfg.run_key])  # keep one FINISHED child per run_key
         out.finished += result.status == "FINISHED"
         out.failed += result.status != "FINISHED"
-        result.figures, result.layers = {}, None  # logged; keep memory flat
+        result.figures, result.layers, result.steps = {}, None, None  # logged; keep memory flat
         results.append(result)
         if on_result:
             on_result(result)
@@ -199,8 +203,11 @@ def _execute(
     return results
 
 
-def _comparison_figures(tracker: Tracker, table: pd.DataFrame) -> dict:
-    """The parent's figures: the verdict grid and loss curves by optimizer × clip."""
+def _comparison_figures(
+    tracker: Tracker, table: pd.DataFrame, losses: dict[str, pd.DataFrame]
+) -> dict:
+    """The parent's figures: the verdict grid and loss curves by optimizer × clip. ``losses``:
+    the loss series this invocation logged (others, from earlier invocations, are read back)."""
     from bpdiag import plots
     from bpdiag.compare import comparable, varying_axes
 
@@ -212,7 +219,10 @@ def _comparison_figures(tracker: Tracker, table: pd.DataFrame) -> dict:
         subset = comparable(table, ["optimizer", "clip"])
 
         def curves():
-            histories = {r: tracker.loss_history(r) for r in subset["run_id"]}
+            histories = {r: losses.get(r) for r in subset["run_id"]}
+            histories = {
+                r: tracker.loss_history(r) if h is None else h for r, h in histories.items()
+            }
             return plots.loss_curves(subset, histories)
 
         figures["loss_curves.png"] = curves
