@@ -188,7 +188,7 @@ def _bias_activate(code, Z, b, A, stats, alive):
             for j in range(n):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                a = vmath.tanh(z)
+                a = vmath.tanh_of(z)
                 A[i, j] = a
                 s += a
                 s2 += a * a
@@ -198,7 +198,7 @@ def _bias_activate(code, Z, b, A, stats, alive):
             for j in range(n):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                a = vmath.sigmoid(z)
+                a = vmath.sigmoid_of(z)
                 A[i, j] = a
                 s += a
                 s2 += a * a
