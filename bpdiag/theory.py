@@ -106,16 +106,26 @@ def predict(sizes: list[int], activation: str, init: str, q0: float = 1.0) -> Pr
 
 
 def _chi_fixed_point(sizes, activation, var, q) -> float:
-    """χ₁ at the fixed point of q ↦ σ_w² E[φ(√q z)²] with the deepest hidden layer's σ_w²."""
+    """χ₁ at the fixed point of q ↦ σ_w² E[φ(√q z)²] with the deepest hidden layer's σ_w².
+
+    Iterates to the fixed point, or until q leaves the floats, or until χ(q) stops changing
+    while q grows or shrinks geometrically (a positively homogeneous φ such as ReLU, whose χ
+    does not depend on q: a few steps instead of hundreds)."""
     L = len(sizes) - 1
     if L < 2:
         return math.nan
+    code = activation_code(activation)
     sigma2 = sizes[L - 1] * var[L - 1]
-    qs = float(q[L - 2])
+    qs, ratio, chi = float(q[L - 2]), math.nan, math.nan
     for _ in range(500):
-        new = sigma2 * second_moments(activation, qs)[0]
+        new = sigma2 * gaussian_expectation(lambda u: kernels.phi_array(code, u) ** 2, qs)
         if not math.isfinite(new) or new > 1e300 or abs(new - qs) <= 1e-12 * max(qs, 1e-300):
             qs = new if math.isfinite(new) else qs
             break
-        qs = new
+        step, qs = (new / qs if qs > 0 else math.nan), new
+        if abs(step - ratio) <= 1e-10 * step:  # geometric: is χ steady too?
+            chi, last = sigma2 * second_moments(activation, qs)[1], chi
+            if abs(chi - last) <= 1e-13 * chi:
+                return chi
+        ratio = step
     return sigma2 * second_moments(activation, qs)[1]

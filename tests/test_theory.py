@@ -59,6 +59,14 @@ def test_phases_and_depth_scale():
     assert ordered.depth_scale == pytest.approx(-1 / math.log(ordered.chi1))
 
 
+@pytest.mark.parametrize("scale", [0.25, 0.05])
+def test_relu_chi_is_half_the_weight_variance_whatever_q_does(scale):
+    """ReLU is positively homogeneous: q grows (or shrinks) geometrically for ever, χ = σ_w²/2."""
+    assert predict([64] * 11, "relu", f"normal_{scale}").chi1 == pytest.approx(
+        64 * scale**2 / 2, rel=1e-12
+    )
+
+
 def measure_delta_ratio(activation, init, seed, depth=L, width=N):
     """REFERENCE.md's setup: square layers, linear output, zero biases, x ~ N(0, I), batch 256,
     dL/df iid Gaussian (mse with targets f(x) − g, so δ_L ∝ g)."""
