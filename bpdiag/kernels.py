@@ -419,13 +419,16 @@ def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
     """One optimizer step (PyTorch's formulas, see ``bpdiag.optim``) on theta[lo:hi] with the
     gradient coef·grads (coef: ``clip_grad_norm_``'s factor, else 1).
 
-    t is the 1-based step count. Scalars are cast to theta's dtype (through the scratch ``sc``,
-    9 entries of that dtype), as PyTorch applies Python-float hyper-parameters to float32
-    tensors. Returns (‖Δθ‖², ‖θ‖², ‖g‖²) over the range, θ before the step and g the clipped
+    t is the 1-based step count; at t = 1 the state is taken as zero without being read (it may
+    hold anything, so a reused buffer needs no clearing). Scalars are cast to theta's dtype
+    (through the scratch ``sc``, 10 entries of that dtype), as PyTorch applies Python-float
+    hyper-parameters to float32 tensors. Returns (‖Δθ‖², ‖θ‖², ‖g‖²) over the range, θ before the step and g the clipped
     gradient, accumulated in the same pass.
     """
     sc[8] = coef
-    cf = sc[8]
+    sc[9] = 0.0
+    cf, zero = sc[8], sc[9]
+    first = t == 1
     sc[0] = hp[LR]
     sc[1] = hp[WEIGHT_DECAY]
     sc[2] = hp[MOMENTUM]
@@ -439,7 +442,6 @@ def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
         sc[3] = 1.0 - hp[DAMPENING]
         undamped = sc[3]
         nesterov = hp[NESTEROV] != 0.0
-        first = t == 1
         for p in range(th.size):
             old = th[p]
             gc = gr[p] * cf
@@ -469,9 +471,9 @@ def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
             old = th[p]
             gc = gr[p] * cf
             g = gc + l2 * old
-            m = s0[p]
+            m = zero if first else s0[p]
             m = m + one_b1 * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
-            v = s1[p] * b2 + one_b2 * g * g
+            v = (zero if first else s1[p]) * b2 + one_b2 * g * g
             s0[p] = m
             s1[p] = v
             th[p] = old * decay - step_size * m / (math.sqrt(v) / bc2_sqrt + eps)
@@ -488,16 +490,17 @@ def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
             old = th[p]
             gc = gr[p] * cf
             g = gc + wd * old
-            v = s1[p] * alpha + one_alpha * g * g
+            v = (zero if first else s1[p]) * alpha + one_alpha * g * g
             s1[p] = v
             if centered:
-                gbar = s2[p] + one_alpha * (g - s2[p])
+                gbar = zero if first else s2[p]
+                gbar = gbar + one_alpha * (g - gbar)
                 s2[p] = gbar
                 avg = math.sqrt(v - gbar * gbar) + eps
             else:
                 avg = math.sqrt(v) + eps
             if mu > 0.0:
-                buf = s0[p] * mu + g / avg
+                buf = (zero if first else s0[p]) * mu + g / avg
                 s0[p] = buf
                 th[p] = old - lr * buf
             else:
@@ -581,7 +584,7 @@ def train_steps(
     opt, clip_code, act = codes[C_OPT], codes[C_CLIP], codes[C_ACT]
     stats = np.zeros((L, N_STATS))
     alive = np.empty(sizes.max())
-    sc = np.empty(9, theta.dtype)
+    sc = np.empty(10, theta.dtype)
     for s in range(n_steps):
         step = step0 + s
         lo = starts[s]

@@ -22,6 +22,45 @@ from bpdiag.theory import Prediction, predict
 CHUNK_SECONDS = 0.25  # target wall time of one kernel call; hooks see the records once per chunk
 
 
+@dataclass
+class Workspace:
+    """The scratch one ``train()`` call writes into: activation, pre-activation and delta
+    buffers (``Layout.buffers``), the gradient, the optimizer state (3, n_params) and the target
+    batch. Nothing in it is read before the kernels write it (the optimizer takes its state as
+    zero at step 1), so a workspace can serve call after call without being cleared."""
+
+    acts: np.ndarray
+    zs: np.ndarray
+    deltas: np.ndarray
+    grads: np.ndarray
+    state: np.ndarray
+    Yb: np.ndarray
+
+    @classmethod
+    def new(cls, net: MLP, batch: int, n_targets: int) -> Workspace:
+        lay = net.layout
+        return cls(*lay.buffers(batch, net.dtype), np.empty_like(net.theta),
+                   np.empty((3, lay.n_params), net.dtype), np.empty((batch, n_targets), net.dtype))  # fmt: skip
+
+
+# The last call's workspace, by (sizes, batch, targets, dtype): the next call with the same shapes
+# takes it instead of faulting in fresh pages (hundreds of MB for a wide net, ~100 ms a step
+# when the kernel cannot back them with huge pages). Taken out while in use, so a concurrent or
+# nested call allocates its own; only one is kept.
+_spare: dict[tuple, Workspace] = {}
+
+
+def _workspace(net: MLP, batch: int, n_targets: int) -> tuple[tuple, Workspace]:
+    key = (tuple(net.sizes), batch, n_targets, net.dtype.str)
+    ws = _spare.pop(key, None)
+    return key, ws if ws is not None else Workspace.new(net, batch, n_targets)
+
+
+def _keep(key: tuple, ws: Workspace) -> None:
+    _spare.clear()
+    _spare[key] = ws
+
+
 class BatchSampler:
     """Row indices of consecutive minibatches, as ``DataLoader(shuffle, drop_last=False)``.
 
@@ -186,10 +225,8 @@ def train(
 
     lay = net.layout
     a_off = lay.a_off(batch)
-    acts, zs, deltas = lay.buffers(batch, net.dtype)
-    Yb = np.zeros((batch, Y.shape[1]), net.dtype)
-    grads = np.zeros_like(net.theta)
-    state = np.zeros((3, lay.n_params), net.dtype)
+    key, ws = _workspace(net, batch, Y.shape[1])
+    acts, zs, deltas, grads, state, Yb = ws.acts, ws.zs, ws.deltas, ws.grads, ws.state, ws.Yb
     codes = net.codes(opt_code, c_code, nan_guard)
     counters = np.zeros(1, np.int64)
     n_rec = (steps - 1) // record_every + 2  # cadence, the last step, a non-finite step
@@ -227,6 +264,7 @@ def train(
                 stopped_by = type(hook).__name__
         chunk = max(1, min(4096, int(n * CHUNK_SECONDS / max(elapsed, 1e-6))))
     seconds = time.perf_counter() - start
+    _keep(key, ws)
     steps_df = _steps_table(rec_step[:row])
     layers_df = _layers_table(rec_layer[:row], steps_df["step"])
     if diverged < 0:  # without the guard: the first recorded non-finite step

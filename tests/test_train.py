@@ -1,5 +1,7 @@
 """train(): optimizer × clipping against PyTorch's documented formulas, sampling, determinism."""
 
+import importlib
+
 import numpy as np
 import pytest
 import reference as ref
@@ -103,6 +105,31 @@ def test_training_is_bit_identical_when_repeated():
         net, X, Y = _setup()
         hist = train(net, X, Y, optimizer="adam", lr=0.01, steps=50, batch_size=5, seed=7,
                      record_every=3)  # fmt: skip
+        results.append((ref.flatten(net.params), hist.layers.to_numpy()))
+    assert np.array_equal(results[0][0], results[1][0])
+    assert np.array_equal(results[0][1], results[1][1], equal_nan=True)
+
+
+@pytest.mark.parametrize("opt_key", list(OPTIMIZERS))
+def test_a_reused_workspace_changes_nothing(opt_key):
+    """train() reuses the last call's scratch: poisoned with NaN, it must not leak into a run."""
+    train_module = importlib.import_module("bpdiag.train")  # bpdiag.train is the function
+
+    optimizer, kw = opt_key.split("+")[0], dict(OPTIMIZERS[opt_key])
+    if optimizer in ("momentum", "nesterov"):
+        optimizer, kw = "sgd", kw | {"momentum": 0.9, "nesterov": optimizer == "nesterov"}
+    results = []
+    for poison in (False, True):
+        train_module._spare.clear()
+        if poison:
+            net, X, Y = _setup()
+            train(net, X, Y, optimizer=optimizer, lr=0.01, steps=3, batch_size=5, **kw)
+            (ws,) = train_module._spare.values()
+            for buf in vars(ws).values():
+                buf.fill(np.nan)
+        net, X, Y = _setup()
+        hist = train(net, X, Y, optimizer=optimizer, lr=0.01, steps=20, batch_size=5, seed=7,
+                     clip="norm", clip_value=0.1, record_every=3, **kw)  # fmt: skip
         results.append((ref.flatten(net.params), hist.layers.to_numpy()))
     assert np.array_equal(results[0][0], results[1][0])
     assert np.array_equal(results[0][1], results[1][1], equal_nan=True)
