@@ -133,6 +133,7 @@ def run_sweep(
     if on_start:
         on_start(out, len(todo))
     import bpdiag.plots  # noqa: F401  (matplotlib, for the parent's figures) while workers warm
+
     status = "FAILED"
     results: list[RunResult] = []
     losses: dict[str, pd.DataFrame] = {}  # run_id → (step, loss) of this invocation's runs
