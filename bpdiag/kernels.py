@@ -102,7 +102,8 @@ LAYER_COLUMNS = (
 
 STATUS_OK, STATUS_NONFINITE = 0, 1
 
-# Per-layer sums the passes of every step accumulate (the recorders read them).
+# Per-layer sums: the backward pass accumulates the gradient ones every step; the activation ones
+# are taken on record steps only, from the buffers the forward pass left (see _record_layers).
 STATS = ("act_sum", "act_sumsq", "saturated", "dead", "delta_sumsq", "gW_sumsq", "gb_sumsq")
 T_ACT_SUM, T_ACT_SQ, T_SAT, T_DEAD, T_DELTA_SQ, T_GW_SQ, T_GB_SQ = range(len(STATS))
 N_STATS = len(STATS)
@@ -164,62 +165,74 @@ def _dphi(code, z, a):
 
 
 @njit(**FAST)
-def _bias_activate(code, Z, b, A, stats, alive):
+def _bias_activate(code, Z, b, A):
     """z ← z + b (in place) and a = φ(z) over the (mb, n) block, one vectorizable loop per
-    activation. Accumulates Σa, Σa² and the saturated count into ``stats``; alive[j] ends as
-    max_i z_ij (unit j is dead on this batch when it is ≤ 0)."""
+    activation (the statistics of a record come later, from ``_activation_stats``)."""
     mb, n = Z.shape
-    s = 0.0
-    s2 = 0.0
-    sat = 0.0
-    alive[:n] = -np.inf
     if code == RELU:
         for i in range(mb):
             for j in range(n):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                a = z if z > 0 else 0.0 * z  # 0·z keeps NaN
-                A[i, j] = a
-                s += a
-                s2 += a * a
-                alive[j] = max(alive[j], z)
+                A[i, j] = z if z > 0 else 0.0 * z  # 0·z keeps NaN
     elif code == TANH:
         for i in range(mb):
             for j in range(n):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                a = vmath.tanh_of(z)
-                A[i, j] = a
-                s += a
-                s2 += a * a
-                sat += 1.0 if abs(a) > 0.99 else 0.0
+                A[i, j] = vmath.tanh_of(z)
     elif code == SIGMOID:
         for i in range(mb):
             for j in range(n):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                a = vmath.sigmoid_of(z)
-                A[i, j] = a
-                s += a
-                s2 += a * a
-                sat += 1.0 if (a < 0.01) | (a > 0.99) else 0.0
+                A[i, j] = vmath.sigmoid_of(z)
     else:
         for i in range(mb):
             for j in range(n):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                a = _phi(code, z)
-                A[i, j] = a
-                s += a
-                s2 += a * a
-                alive[j] = max(alive[j], z)
-    stats[T_ACT_SUM] = s
-    stats[T_ACT_SQ] = s2
-    stats[T_SAT] = sat
+                A[i, j] = _phi(code, z)
+
+
+@njit(**FAST)
+def _activation_stats(code, Z, A, st, alive):
+    """One layer's activation statistics into ``st``, in one pass: Σa and Σa² (in float64), the
+    saturated count for tanh (|a| > 0.99) and sigmoid (a < 0.01 or a > 0.99), and for the other
+    activations the dead-unit count (units whose z ≤ 0 on every row; ``alive`` is scratch)."""
+    mb, n = Z.shape
+    s = 0.0
+    s2 = 0.0
+    sat = 0.0
     dead = 0.0
-    for j in range(n):
-        dead += 1.0 if alive[j] <= 0 else 0.0
-    stats[T_DEAD] = dead
+    if code == TANH:
+        for i in range(mb):
+            for j in range(n):
+                a = A[i, j]
+                s += float(a)
+                s2 += float(a) * float(a)
+                sat += 1.0 if abs(a) > 0.99 else 0.0
+    elif code == SIGMOID:
+        for i in range(mb):
+            for j in range(n):
+                a = A[i, j]
+                s += float(a)
+                s2 += float(a) * float(a)
+                sat += 1.0 if (a < 0.01) | (a > 0.99) else 0.0
+    else:
+        alive[:n] = -np.inf
+        for i in range(mb):
+            for j in range(n):
+                a = A[i, j]
+                s += float(a)
+                s2 += float(a) * float(a)
+                alive[j] = max(alive[j], Z[i, j])
+        for j in range(n):
+            dead += 1.0 if alive[j] <= 0 else 0.0
+    st[T_ACT_SUM] = s
+    st[T_ACT_SQ] = s2
+    st[T_SAT] = sat
+    st[T_DEAD] = dead
 
 
 @njit(**FAST)
@@ -255,8 +268,8 @@ def _block(buf, off, rows, cols):
 
 
 @njit(**JIT)
-def forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act, stats, alive):
-    """a_0 (already in ``acts``) → z_l, a_l for l = 1..L; activation statistics into stats."""
+def forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act):
+    """a_0 (already in ``acts``) → z_l, a_l for l = 1..L."""
     L = sizes.size - 1
     for k in range(L):
         n_in, n_out = sizes[k], sizes[k + 1]
@@ -266,7 +279,7 @@ def forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act, stats
         Z = _block(zs, a_off[k + 1], mb, n_out)
         np.dot(A_prev, W.T, Z)
         code = act if k < L - 1 else out_act
-        _bias_activate(code, Z, b, _block(acts, a_off[k + 1], mb, n_out), stats[k], alive)
+        _bias_activate(code, Z, b, _block(acts, a_off[k + 1], mb, n_out))
 
 
 @njit(**JIT)
@@ -515,13 +528,17 @@ def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
 
 
 @njit(**JIT)
-def _record_layers(rec, act, sizes, w_off, b_off, mb, grads, stats):
-    """Per-layer record of the current step from the statistics the passes accumulated."""
+def _record_layers(rec, act, out_act, sizes, w_off, b_off, a_off, mb, acts, zs, grads, stats,
+                   alive):  # fmt: skip
+    """Per-layer record of the current step: gradient sums from the passes that computed them,
+    activation statistics from the activations the forward pass left in ``acts``/``zs``."""
     L = sizes.size - 1
     relu_family = act == RELU or act == LEAKY_RELU or act == ELU or act == SELU or act == GELU
     for k in range(L):
         n_in, n_out = sizes[k], sizes[k + 1]
         st = stats[k]
+        _activation_stats(act if k < L - 1 else out_act, _block(zs, a_off[k + 1], mb, n_out),
+                          _block(acts, a_off[k + 1], mb, n_out), st, alive)  # fmt: skip
         rec[k, L_GRAD_W] = math.sqrt(st[T_GW_SQ])
         rec[k, L_GRAD_B] = math.sqrt(st[T_GB_SQ])
         # per-sample error ‖∂ℓ_i/∂z_l‖ = mb ‖δ_l[i]‖, its RMS over the batch = √(mb Σ δ²)
@@ -549,14 +566,12 @@ def _record_layers(rec, act, sizes, w_off, b_off, mb, grads, stats):
 
 
 @njit(**JIT)
-def loss_and_grads(
-    theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Y, grads, stats, alive
-):
+def loss_and_grads(theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Y, grads, stats):
     """Forward + backward on the batch already in a_0; returns (loss, accuracy)."""
     mb = Y.shape[0]
     L = sizes.size - 1
     act, out_act = codes[C_ACT], codes[C_OUT_ACT]
-    forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act, stats, alive)
+    forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act)
     n_out = sizes[L]
     Z_L, A_L = _block(zs, a_off[L], mb, n_out), _block(acts, a_off[L], mb, n_out)
     D_L = _block(deltas, a_off[L], mb, n_out)
@@ -596,7 +611,7 @@ def train_steps(
             Xb[i, :] = X[r, :]
             Yv[i, :] = Y[r, :]
         loss, acc = loss_and_grads(
-            theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Yv, grads, stats, alive
+            theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Yv, grads, stats
         )
         total_sq = 0.0
         for k in range(L):
@@ -609,7 +624,8 @@ def train_steps(
             rec_step[row, S_LOSS] = loss
             rec_step[row, S_ACC] = acc
             rec_step[row, S_GNORM] = math.sqrt(total_sq)
-            _record_layers(rec_layer[row], act, sizes, w_off, b_off, mb, grads, stats)
+            _record_layers(rec_layer[row], act, codes[C_OUT_ACT], sizes, w_off, b_off, a_off, mb,
+                           acts, zs, grads, stats, alive)  # fmt: skip
         if stop:  # keep the failing step's record; nothing is clipped or updated
             return s, row + 1, STATUS_NONFINITE
         coef, clipped = clip(clip_code, clip_value, theta, grads, sizes, w_off, b_off, total_sq)

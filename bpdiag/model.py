@@ -229,14 +229,14 @@ class MLP:
         acts, zs, deltas = lay.buffers(m, self.dtype)
         acts[: X.size] = X.ravel()
         grads = np.zeros_like(self.theta)
-        stats, alive = np.zeros((self.depth, kernels.N_STATS)), np.empty(max(self.sizes))
+        stats = np.zeros((self.depth, kernels.N_STATS))
         args = (self.theta, lay.sizes, lay.w_off, lay.b_off, a_off)
         if Y is None:
-            kernels.forward(*args, m, acts, zs, self.act_code, self.out_act_code, stats, alive)
+            kernels.forward(*args, m, acts, zs, self.act_code, self.out_act_code)
             loss = acc = np.nan
         else:
             loss, acc = kernels.loss_and_grads(
-                *args, self.codes(), acts, zs, deltas, Y, grads, stats, alive
+                *args, self.codes(), acts, zs, deltas, Y, grads, stats
             )
         return loss, acc, grads, (acts, zs, deltas, a_off)
 
