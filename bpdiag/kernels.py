@@ -455,18 +455,26 @@ def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
         sc[3] = 1.0 - hp[DAMPENING]
         undamped = sc[3]
         nesterov = hp[NESTEROV] != 0.0
-        for p in range(th.size):
-            old = th[p]
-            gc = gr[p] * cf
-            g = gc + wd * old
-            if mu != 0.0:
+        if mu == 0.0:  # a loop of its own: if-converted, the momentum branch would do arithmetic
+            for p in range(th.size):  # on the unused state, and on stale bits that is slow
+                old = th[p]
+                gc = gr[p] * cf
+                th[p] = old - lr * (gc + wd * old)
+                dsq += (float(th[p]) - float(old)) ** 2
+                wsq += float(old) * float(old)
+                gsq += float(gc) * float(gc)
+        else:
+            for p in range(th.size):
+                old = th[p]
+                gc = gr[p] * cf
+                g = gc + wd * old
                 buf = g if first else mu * s0[p] + undamped * g
                 s0[p] = buf
                 g = g + mu * buf if nesterov else buf
-            th[p] = old - lr * g
-            dsq += (float(th[p]) - float(old)) ** 2
-            wsq += float(old) * float(old)
-            gsq += float(gc) * float(gc)
+                th[p] = old - lr * g
+                dsq += (float(th[p]) - float(old)) ** 2
+                wsq += float(old) * float(old)
+                gsq += float(gc) * float(gc)
     elif opt == ADAM or opt == ADAMW:
         sc[3] = 1.0 - hp[BETA1]
         sc[4] = hp[BETA2]

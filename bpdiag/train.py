@@ -39,8 +39,10 @@ class Workspace:
     @classmethod
     def new(cls, net: MLP, batch: int, n_targets: int) -> Workspace:
         lay = net.layout
+        # the state starts as zeros all the same: stale bits (an old array's integers read as
+        # floats are subnormal) would slow any arithmetic a vectorized loop does on unused lanes
         return cls(*lay.buffers(batch, net.dtype), np.empty_like(net.theta),
-                   np.empty((3, lay.n_params), net.dtype), np.empty((batch, n_targets), net.dtype))  # fmt: skip
+                   np.zeros((3, lay.n_params), net.dtype), np.empty((batch, n_targets), net.dtype))  # fmt: skip
 
 
 # The last call's workspace, by (sizes, batch, targets, dtype): the next call with the same shapes
