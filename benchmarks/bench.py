@@ -4,9 +4,11 @@ for bpdiag, PyTorch CPU (if installed) and plain NumPy, interleaved in one proce
     python benchmarks/bench.py                      # everything (≈ 5 min)
     python benchmarks/bench.py --configs S,M --acts tanh --dtypes float32 --no-compile
 
-Prints medians and ratios (PyTorch / bpdiag), GFLOP/s against the sgemm/dgemm rate measured in
-the same run, the cost of recording every step, Numba compile times, the default sweep's runs
-per minute, and writes all as JSON.
+Prints the best of 7 interleaved rounds per implementation and the ratios (PyTorch / bpdiag): on
+a shared machine slow phases last seconds to minutes, and the best round is the one nearest the
+code's own speed (``timeit``'s advice), for every implementation alike. Also GFLOP/s against the
+sgemm/dgemm rate measured in the same run, the cost of recording every step, Numba compile
+times, the default sweep's runs per minute; writes all as JSON.
 """
 
 from __future__ import annotations
@@ -299,7 +301,7 @@ def main() -> None:
                 impls = [Bpdiag(cfg, act, dtype)]
                 impls += [Torch(cfg, act, dtype, th) for th in (1, 2)] if torch_ok else []
                 impls += [] if args.no_numpy else [Numpy(cfg, act, dtype)]
-                med = interleaved(impls, args.seconds)
+                med = interleaved(impls, args.seconds, best=True)
                 bp = med[impls[0]]
                 th = min((t for i, t in med.items() if i.name == "pytorch"), default=float("nan"))
                 npy = next((t for i, t in med.items() if i.name == "numpy"), float("nan"))
