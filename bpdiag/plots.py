@@ -96,7 +96,7 @@ def _flow_frame() -> Figure:
         fig.colorbar(mesh, ax=ax, label=f"log10({name.split()[-1]} / layer L)")
     axes[0].set_ylabel("layer (1 = input side)")
     axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
-    _place_labels(axes, y=-0.055)
+    _place_labels(axes, y=-0.085)
     for cax in fig.axes[2:]:
         cax.yaxis.set_label_coords(4.2, 0.5)
     fig.suptitle("")
