@@ -427,6 +427,117 @@ def clip(clip_code, c, theta, grads, sizes, w_off, b_off, total_sq):
     return 1.0, clipped
 
 
+# Each optimizer's loop is a function of its own: compiled together in one function, LLVM
+# vectorized some of them and not others (Adam 0.5 → 3.5 ns a parameter when the SGD loop was
+# split in two). Each returns (‖Δθ‖², ‖θ‖², ‖g‖²) with g the clipped gradient cf·grad.
+
+
+@njit(**FAST)
+def _sgd(th, gr, cf, lr, wd):
+    dsq = 0.0
+    wsq = 0.0
+    gsq = 0.0
+    for p in range(th.size):
+        old = th[p]
+        gc = gr[p] * cf
+        th[p] = old - lr * (gc + wd * old)
+        dsq += (float(th[p]) - float(old)) ** 2
+        wsq += float(old) * float(old)
+        gsq += float(gc) * float(gc)
+    return dsq, wsq, gsq
+
+
+@njit(**FAST)
+def _momentum(th, gr, s0, cf, lr, wd, mu, undamped, nesterov, first):
+    dsq = 0.0
+    wsq = 0.0
+    gsq = 0.0
+    for p in range(th.size):
+        old = th[p]
+        gc = gr[p] * cf
+        g = gc + wd * old
+        buf = g if first else mu * s0[p] + undamped * g
+        s0[p] = buf
+        g = g + mu * buf if nesterov else buf
+        th[p] = old - lr * g
+        dsq += (float(th[p]) - float(old)) ** 2
+        wsq += float(old) * float(old)
+        gsq += float(gc) * float(gc)
+    return dsq, wsq, gsq
+
+
+@njit(**FAST)
+def _adam(th, gr, s0, s1, cf, l2, one_b1, b2, one_b2, eps, decay, step_size, bc2_sqrt, zero,
+          first):  # fmt: skip
+    dsq = 0.0
+    wsq = 0.0
+    gsq = 0.0
+    for p in range(th.size):
+        old = th[p]
+        gc = gr[p] * cf
+        g = gc + l2 * old
+        m = zero if first else s0[p]
+        m = m + one_b1 * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
+        v = (zero if first else s1[p]) * b2 + one_b2 * g * g
+        s0[p] = m
+        s1[p] = v
+        th[p] = old * decay - step_size * m / (math.sqrt(v) / bc2_sqrt + eps)
+        dsq += (float(th[p]) - float(old)) ** 2
+        wsq += float(old) * float(old)
+        gsq += float(gc) * float(gc)
+    return dsq, wsq, gsq
+
+
+@njit(**FAST)
+def _rmsprop_plain(th, gr, s1, cf, lr, wd, alpha, one_alpha, eps, zero, first):
+    """RMSprop without centering or momentum (the default): the general loop's branches kept
+    LLVM from vectorizing it (float64 ≈ 110 ns a parameter, this loop ≈ 1 ns)."""
+    dsq = 0.0
+    wsq = 0.0
+    gsq = 0.0
+    for p in range(th.size):
+        old = th[p]
+        gc = gr[p] * cf
+        g = gc + wd * old
+        v = (zero if first else s1[p]) * alpha + one_alpha * g * g
+        s1[p] = v
+        th[p] = old - lr * g / (math.sqrt(v) + eps)
+        dsq += (float(th[p]) - float(old)) ** 2
+        wsq += float(old) * float(old)
+        gsq += float(gc) * float(gc)
+    return dsq, wsq, gsq
+
+
+@njit(**FAST)
+def _rmsprop(th, gr, s0, s1, s2, cf, lr, wd, mu, alpha, one_alpha, eps, centered, zero, first):
+    dsq = 0.0
+    wsq = 0.0
+    gsq = 0.0
+    for p in range(th.size):
+        old = th[p]
+        gc = gr[p] * cf
+        g = gc + wd * old
+        v = (zero if first else s1[p]) * alpha + one_alpha * g * g
+        s1[p] = v
+        if centered:
+            gbar = zero if first else s2[p]
+            gbar = gbar + one_alpha * (g - gbar)
+            s2[p] = gbar
+            avg = math.sqrt(v - gbar * gbar) + eps
+        else:
+            avg = math.sqrt(v) + eps
+        if mu > 0.0:
+            buf = (zero if first else s0[p]) * mu + g / avg
+            s0[p] = buf
+            th[p] = old - lr * buf
+        else:
+            th[p] = old - lr * g / avg
+        dsq += (float(th[p]) - float(old)) ** 2
+        wsq += float(old) * float(old)
+        gsq += float(gc) * float(gc)
+    return dsq, wsq, gsq
+
+
 @njit(**FAST)
 def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
     """One optimizer step (PyTorch's formulas, see ``bpdiag.optim``) on theta[lo:hi] with the
@@ -435,8 +546,8 @@ def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
     t is the 1-based step count; at t = 1 the state is taken as zero without being read (it may
     hold anything, so a reused buffer needs no clearing). Scalars are cast to theta's dtype
     (through the scratch ``sc``, 10 entries of that dtype), as PyTorch applies Python-float
-    hyper-parameters to float32 tensors. Returns (‖Δθ‖², ‖θ‖², ‖g‖²) over the range, θ before the step and g the clipped
-    gradient, accumulated in the same pass.
+    hyper-parameters to float32 tensors. Returns (‖Δθ‖², ‖θ‖², ‖g‖²) over the range, θ before
+    the step and g the clipped gradient, accumulated in the same pass.
     """
     sc[8] = coef
     sc[9] = 0.0
@@ -448,88 +559,29 @@ def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
     lr, wd, mu = sc[0], sc[1], sc[2]
     th, gr = theta[lo:hi], grads[lo:hi]  # slices: loops from 0 vectorize (see _sumsq)
     s0, s1, s2 = state[0, lo:hi], state[1, lo:hi], state[2, lo:hi]
-    dsq = 0.0
-    wsq = 0.0
-    gsq = 0.0
     if opt == SGD:
+        if mu == 0.0:
+            return _sgd(th, gr, cf, lr, wd)
         sc[3] = 1.0 - hp[DAMPENING]
-        undamped = sc[3]
-        nesterov = hp[NESTEROV] != 0.0
-        if mu == 0.0:  # a loop of its own: if-converted, the momentum branch would do arithmetic
-            for p in range(th.size):  # on the unused state, and on stale bits that is slow
-                old = th[p]
-                gc = gr[p] * cf
-                th[p] = old - lr * (gc + wd * old)
-                dsq += (float(th[p]) - float(old)) ** 2
-                wsq += float(old) * float(old)
-                gsq += float(gc) * float(gc)
-        else:
-            for p in range(th.size):
-                old = th[p]
-                gc = gr[p] * cf
-                g = gc + wd * old
-                buf = g if first else mu * s0[p] + undamped * g
-                s0[p] = buf
-                g = g + mu * buf if nesterov else buf
-                th[p] = old - lr * g
-                dsq += (float(th[p]) - float(old)) ** 2
-                wsq += float(old) * float(old)
-                gsq += float(gc) * float(gc)
-    elif opt == ADAM or opt == ADAMW:
+        return _momentum(th, gr, s0, cf, lr, wd, mu, sc[3], hp[NESTEROV] != 0.0, first)
+    if opt == ADAM or opt == ADAMW:
         sc[3] = 1.0 - hp[BETA1]
         sc[4] = hp[BETA2]
         sc[5] = 1.0 - hp[BETA2]
         sc[6] = hp[EPS]
         sc[7] = 1.0 - hp[LR] * hp[WEIGHT_DECAY] if opt == ADAMW else 1.0
-        one_b1, b2, one_b2, eps, decay = sc[3], sc[4], sc[5], sc[6], sc[7]
         sc[0] = hp[LR] / (1.0 - hp[BETA1] ** t)  # step size
         sc[1] = math.sqrt(1.0 - hp[BETA2] ** t)
-        step_size, bc2_sqrt = sc[0], sc[1]
-        coupled = hp[WEIGHT_DECAY] if opt == ADAM else 0.0
-        sc[2] = coupled
-        l2 = sc[2]
-        for p in range(th.size):
-            old = th[p]
-            gc = gr[p] * cf
-            g = gc + l2 * old
-            m = zero if first else s0[p]
-            m = m + one_b1 * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
-            v = (zero if first else s1[p]) * b2 + one_b2 * g * g
-            s0[p] = m
-            s1[p] = v
-            th[p] = old * decay - step_size * m / (math.sqrt(v) / bc2_sqrt + eps)
-            dsq += (float(th[p]) - float(old)) ** 2
-            wsq += float(old) * float(old)
-            gsq += float(gc) * float(gc)
-    else:  # RMSPROP
-        sc[3] = hp[ALPHA]
-        sc[4] = 1.0 - hp[ALPHA]
-        sc[5] = hp[EPS]
-        alpha, one_alpha, eps = sc[3], sc[4], sc[5]
-        centered = hp[CENTERED] != 0.0
-        for p in range(th.size):
-            old = th[p]
-            gc = gr[p] * cf
-            g = gc + wd * old
-            v = (zero if first else s1[p]) * alpha + one_alpha * g * g
-            s1[p] = v
-            if centered:
-                gbar = zero if first else s2[p]
-                gbar = gbar + one_alpha * (g - gbar)
-                s2[p] = gbar
-                avg = math.sqrt(v - gbar * gbar) + eps
-            else:
-                avg = math.sqrt(v) + eps
-            if mu > 0.0:
-                buf = (zero if first else s0[p]) * mu + g / avg
-                s0[p] = buf
-                th[p] = old - lr * buf
-            else:
-                th[p] = old - lr * g / avg
-            dsq += (float(th[p]) - float(old)) ** 2
-            wsq += float(old) * float(old)
-            gsq += float(gc) * float(gc)
-    return dsq, wsq, gsq
+        sc[2] = hp[WEIGHT_DECAY] if opt == ADAM else 0.0  # coupled (L2) weight decay
+        return _adam(th, gr, s0, s1, cf, sc[2], sc[3], sc[4], sc[5], sc[6], sc[7], sc[0], sc[1],
+                     zero, first)  # fmt: skip
+    sc[3] = hp[ALPHA]  # RMSPROP
+    sc[4] = 1.0 - hp[ALPHA]
+    sc[5] = hp[EPS]
+    if mu == 0.0 and hp[CENTERED] == 0.0:
+        return _rmsprop_plain(th, gr, s1, cf, lr, wd, sc[3], sc[4], sc[5], zero, first)
+    return _rmsprop(th, gr, s0, s1, s2, cf, lr, wd, mu, sc[3], sc[4], sc[5],
+                    hp[CENTERED] != 0.0, zero, first)  # fmt: skip
 
 
 # ---------------------------------------------------------------- recorders
