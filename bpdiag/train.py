@@ -200,7 +200,9 @@ def train(
     inside the kernel at that step, before any update; without it ``diverged_step`` is the first
     *recorded* non-finite step. A hook is a callable ``hook(chunk: Chunk) -> bool | None`` called
     once per kernel call; returning True stops training. ``eval_data=(X_test, Y_test)`` adds
-    ``test_loss``/``test_accuracy`` to the summary.
+    ``test_loss``/``test_accuracy`` to the summary. The scratch buffers of the last call (the
+    net's activations for one batch, and 4× its parameters) stay allocated for the next call with
+    the same shapes.
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a bpdiag.MLP, got {type(net).__name__}")
