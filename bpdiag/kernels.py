@@ -164,42 +164,63 @@ def _dphi(code, z, a):
     return 1.0
 
 
+@njit(**INLINE)
+def _needs_z(code):
+    """Whether φ' or the statistics of ``code`` need z itself. Not for relu, tanh, sigmoid and
+    linear: their z is never stored (φ'(z) = 1_{a>0}, 1 − a², a(1 − a), 1; a relu unit is dead
+    where a ≤ 0 on every row), which saves a pass over memory each way."""
+    return not (code == RELU or code == TANH or code == SIGMOID or code == LINEAR)
+
+
+@njit(**JIT)
+def _z_block(code, zs, acts, off, rows, cols):
+    """The (rows, cols) block holding z for ``code``: in ``zs`` if it is kept, else the a block
+    (for linear z = a; for the others nothing reads it as z, see ``_needs_z``)."""
+    return _block(zs if _needs_z(code) else acts, off, rows, cols)
+
+
 @njit(**FAST)
-def _bias_activate(code, Z, b, A):
-    """z ← z + b (in place) and a = φ(z) over the (mb, n) block, one vectorizable loop per
-    activation (the statistics of a record come later, from ``_activation_stats``)."""
-    mb, n = Z.shape
+def _activate_in_place(code, A, b):
+    """a ← φ(a + b) over the (mb, n) block holding the GEMM's a_{l−1}Wᵀ, for the activations
+    that need no z (``_needs_z``), one vectorizable loop each."""
+    mb, n = A.shape
     if code == RELU:
         for i in range(mb):
             for j in range(n):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
+                z = A[i, j] + b[j]
                 A[i, j] = z if z > 0 else 0.0 * z  # 0·z keeps NaN
     elif code == TANH:
         for i in range(mb):
             for j in range(n):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = vmath.tanh_of(z)
+                A[i, j] = vmath.tanh_of(A[i, j] + b[j])
     elif code == SIGMOID:
         for i in range(mb):
             for j in range(n):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = vmath.sigmoid_of(z)
+                A[i, j] = vmath.sigmoid_of(A[i, j] + b[j])
     else:
         for i in range(mb):
             for j in range(n):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = _phi(code, z)
+                A[i, j] += b[j]
+
+
+@njit(**FAST)
+def _bias_activate(code, Z, b, A):
+    """z ← z + b (in place) and a = φ(z) over the (mb, n) block, for the activations that keep
+    z (the statistics of a record come later, from ``_activation_stats``)."""
+    mb, n = Z.shape
+    for i in range(mb):
+        for j in range(n):
+            z = Z[i, j] + b[j]
+            Z[i, j] = z
+            A[i, j] = _phi(code, z)
 
 
 @njit(**FAST)
 def _activation_stats(code, Z, A, st, alive):
     """One layer's activation statistics into ``st``, in one pass: Σa and Σa² (in float64), the
     saturated count for tanh (|a| > 0.99) and sigmoid (a < 0.01 or a > 0.99), and for the other
-    activations the dead-unit count (units whose z ≤ 0 on every row; ``alive`` is scratch)."""
+    activations the dead-unit count (units whose z ≤ 0 on every row; for relu Z is the a block,
+    a ≤ 0 ⇔ z ≤ 0; ``alive`` is scratch)."""
     mb, n = Z.shape
     s = 0.0
     s2 = 0.0
@@ -236,27 +257,47 @@ def _activation_stats(code, Z, A, st, alive):
 
 
 @njit(**FAST)
-def _times_dphi(code, Z, A, D):
-    """D ← D ⊙ φ'(z), one vectorizable loop per activation."""
-    mb, n = Z.shape
-    if code == LINEAR:
-        return
+def _times_dphi(code, Z, A, D, db):
+    """D ← D ⊙ φ'(z) over the (mb, n) block, and from the same pass db = Σ_rows D (the bias
+    gradient) and the returned Σ D² (in float64, for the error-signal RMS)."""
+    mb, n = D.shape
+    db[:] = 0.0
+    s = 0.0
     if code == RELU:
         for i in range(mb):
             for j in range(n):
-                D[i, j] = D[i, j] if Z[i, j] > 0 else 0.0
+                d = D[i, j] if A[i, j] > 0 else 0.0
+                D[i, j] = d
+                db[j] += d
+                s += float(d) * float(d)
     elif code == TANH:
         for i in range(mb):
             for j in range(n):
-                D[i, j] *= 1.0 - A[i, j] * A[i, j]
+                d = D[i, j] * (1.0 - A[i, j] * A[i, j])
+                D[i, j] = d
+                db[j] += d
+                s += float(d) * float(d)
     elif code == SIGMOID:
         for i in range(mb):
             for j in range(n):
-                D[i, j] *= A[i, j] * (1.0 - A[i, j])
+                d = D[i, j] * (A[i, j] * (1.0 - A[i, j]))
+                D[i, j] = d
+                db[j] += d
+                s += float(d) * float(d)
+    elif code == LINEAR:
+        for i in range(mb):
+            for j in range(n):
+                d = D[i, j]
+                db[j] += d
+                s += float(d) * float(d)
     else:
         for i in range(mb):
             for j in range(n):
-                D[i, j] *= _dphi(code, Z[i, j], A[i, j])
+                d = D[i, j] * _dphi(code, Z[i, j], A[i, j])
+                D[i, j] = d
+                db[j] += d
+                s += float(d) * float(d)
+    return s
 
 
 # ---------------------------------------------------------------- forward, loss, backward
@@ -269,22 +310,27 @@ def _block(buf, off, rows, cols):
 
 @njit(**JIT)
 def forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act):
-    """a_0 (already in ``acts``) → z_l, a_l for l = 1..L."""
+    """a_0 (already in ``acts``) → a_l for l = 1..L, and z_l where ``_needs_z``."""
     L = sizes.size - 1
     for k in range(L):
         n_in, n_out = sizes[k], sizes[k + 1]
         W = _block(theta, w_off[k], n_out, n_in)
         b = theta[b_off[k] : b_off[k] + n_out]
-        A_prev = _block(acts, a_off[k], mb, n_in)
-        Z = _block(zs, a_off[k + 1], mb, n_out)
-        np.dot(A_prev, W.T, Z)
+        A_prev, A = _block(acts, a_off[k], mb, n_in), _block(acts, a_off[k + 1], mb, n_out)
         code = act if k < L - 1 else out_act
-        _bias_activate(code, Z, b, _block(acts, a_off[k + 1], mb, n_out))
+        if _needs_z(code):
+            Z = _block(zs, a_off[k + 1], mb, n_out)
+            np.dot(A_prev, W.T, Z)
+            _bias_activate(code, Z, b, A)
+        else:
+            np.dot(A_prev, W.T, A)
+            _activate_in_place(code, A, b)
 
 
 @njit(**JIT)
-def loss_delta(loss, out_act, Z, A, Y, D):
-    """Batch-mean loss, accuracy (NaN for mse) and δ_L = ∂L/∂z_L written into D.
+def loss_delta(loss, Z, A, Y, D):
+    """Batch-mean loss, accuracy (NaN for mse) and ∂L/∂a_L written into D (``backward`` makes it
+    δ_L = ∂L/∂a_L ⊙ φ'(z_L); for bce and ce the output is linear, a_L = z_L).
 
     Z, A, D: (mb, k). Y: (mb, k) targets, or (mb, 1) integer labels stored as floats for ``ce``.
     """
@@ -327,41 +373,33 @@ def loss_delta(loss, out_act, Z, A, Y, D):
             e = A[i, j] - Y[i, j]
             total += e * e
             D[i, j] = 2.0 * e * scale
-    _times_dphi(out_act, Z, A, D)
     return total * scale, np.nan
 
 
-@njit(**FAST)
-def _bias_grad(D, db):
-    """db = Σ_rows D; returns Σ D² (for the error-signal RMS) from the same pass."""
-    mb, n = D.shape
-    db[:] = 0.0
-    s = 0.0
-    for i in range(mb):
-        for j in range(n):
-            d = D[i, j]
-            db[j] += d
-            s += float(d) * float(d)
-    return s
-
-
 @njit(**JIT)
-def backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, stats):
-    """Given δ_L in ``deltas``: ∂L/∂W_l, ∂L/∂b_l into ``grads``, δ_l into ``deltas``, and
-    ‖∂L/∂W_l‖², ‖∂L/∂b_l‖², Σδ_l² into ``stats``."""
+def backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, out_act, stats):
+    """Given ∂L/∂a_L in ``deltas`` (``loss_delta``): δ_l into ``deltas``, ∂L/∂W_l and ∂L/∂b_l
+    into ``grads``, and ‖∂L/∂W_l‖², ‖∂L/∂b_l‖², Σδ_l² into ``stats``. ∂L/∂b_l and Σδ_l² come
+    from the pass that makes δ_l (``_times_dphi``)."""
     L = sizes.size - 1
+    n_out = sizes[L]
+    stats[L - 1, T_DELTA_SQ] = _times_dphi(
+        out_act, _z_block(out_act, zs, acts, a_off[L], mb, n_out), _block(acts, a_off[L], mb, n_out),
+        _block(deltas, a_off[L], mb, n_out), grads[b_off[L - 1] : b_off[L - 1] + n_out],
+    )  # fmt: skip
     for k in range(L - 1, -1, -1):
         n_in, n_out = sizes[k], sizes[k + 1]
         D = _block(deltas, a_off[k + 1], mb, n_out)
         np.dot(D.T, _block(acts, a_off[k], mb, n_in), _block(grads, w_off[k], n_out, n_in))
-        stats[k, T_DELTA_SQ] = _bias_grad(D, grads[b_off[k] : b_off[k] + n_out])
         stats[k, T_GW_SQ] = _sumsq(grads, w_off[k], w_off[k] + n_out * n_in)
         stats[k, T_GB_SQ] = _sumsq(grads, b_off[k], b_off[k] + n_out)
         if k > 0:
             D_prev = _block(deltas, a_off[k], mb, n_in)
             np.dot(D, _block(theta, w_off[k], n_out, n_in), D_prev)
-            Z_prev, A_prev = _block(zs, a_off[k], mb, n_in), _block(acts, a_off[k], mb, n_in)
-            _times_dphi(act, Z_prev, A_prev, D_prev)
+            stats[k - 1, T_DELTA_SQ] = _times_dphi(
+                act, _z_block(act, zs, acts, a_off[k], mb, n_in), _block(acts, a_off[k], mb, n_in),
+                D_prev, grads[b_off[k - 1] : b_off[k - 1] + n_in],
+            )  # fmt: skip
 
 
 # ---------------------------------------------------------------- clipping and optimizers
@@ -597,7 +635,8 @@ def _record_layers(rec, act, out_act, sizes, w_off, b_off, a_off, mb, acts, zs, 
     for k in range(L):
         n_in, n_out = sizes[k], sizes[k + 1]
         st = stats[k]
-        _activation_stats(act if k < L - 1 else out_act, _block(zs, a_off[k + 1], mb, n_out),
+        code = act if k < L - 1 else out_act
+        _activation_stats(code, _z_block(code, zs, acts, a_off[k + 1], mb, n_out),
                           _block(acts, a_off[k + 1], mb, n_out), st, alive)  # fmt: skip
         rec[k, L_GRAD_W] = math.sqrt(st[T_GW_SQ])
         rec[k, L_GRAD_B] = math.sqrt(st[T_GB_SQ])
@@ -633,10 +672,9 @@ def loss_and_grads(theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Y
     act, out_act = codes[C_ACT], codes[C_OUT_ACT]
     forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act)
     n_out = sizes[L]
-    Z_L, A_L = _block(zs, a_off[L], mb, n_out), _block(acts, a_off[L], mb, n_out)
-    D_L = _block(deltas, a_off[L], mb, n_out)
-    loss, acc = loss_delta(codes[C_LOSS], out_act, Z_L, A_L, Y, D_L)
-    backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, stats)
+    Z_L, A_L = _z_block(out_act, zs, acts, a_off[L], mb, n_out), _block(acts, a_off[L], mb, n_out)
+    loss, acc = loss_delta(codes[C_LOSS], Z_L, A_L, Y, _block(deltas, a_off[L], mb, n_out))
+    backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, out_act, stats)
     return loss, acc
 
 
