@@ -184,11 +184,12 @@ def _activate_in_place(code, A, b):
     """a ← φ(a + b) over the (mb, n) block holding the GEMM's a_{l−1}Wᵀ, for the activations
     that need no z (``_needs_z``), one vectorizable loop each."""
     mb, n = A.shape
+    zero = vmath.scalar(0.0, A)
     if code == RELU:
         for i in range(mb):
             for j in range(n):
                 z = A[i, j] + b[j]
-                A[i, j] = z if z > 0 else 0.0 * z  # 0·z keeps NaN
+                A[i, j] = z if z > zero else zero * z  # 0·z keeps NaN
     elif code == TANH:
         for i in range(mb):
             for j in range(n):
@@ -259,28 +260,30 @@ def _activation_stats(code, Z, A, st, alive):
 @njit(**FAST)
 def _times_dphi(code, Z, A, D, db):
     """D ← D ⊙ φ'(z) over the (mb, n) block, and from the same pass db = Σ_rows D (the bias
-    gradient) and the returned Σ D² (in float64, for the error-signal RMS)."""
+    gradient) and the returned Σ D² (in float64, for the error-signal RMS). Constants take D's
+    dtype (``vmath.scalar``), so float32 stays float32 as in PyTorch, at twice the vector width."""
     mb, n = D.shape
-    db[:] = 0.0
+    one, zero = vmath.scalar(1.0, D), vmath.scalar(0.0, D)
+    db[:] = zero
     s = 0.0
     if code == RELU:
         for i in range(mb):
             for j in range(n):
-                d = D[i, j] if A[i, j] > 0 else 0.0
+                d = D[i, j] if A[i, j] > zero else zero
                 D[i, j] = d
                 db[j] += d
                 s += float(d) * float(d)
     elif code == TANH:
         for i in range(mb):
             for j in range(n):
-                d = D[i, j] * (1.0 - A[i, j] * A[i, j])
+                d = D[i, j] * (one - A[i, j] * A[i, j])
                 D[i, j] = d
                 db[j] += d
                 s += float(d) * float(d)
     elif code == SIGMOID:
         for i in range(mb):
             for j in range(n):
-                d = D[i, j] * (A[i, j] * (1.0 - A[i, j]))
+                d = D[i, j] * (A[i, j] * (one - A[i, j]))
                 D[i, j] = d
                 db[j] += d
                 s += float(d) * float(d)

@@ -148,3 +148,15 @@ def _tanh_of(x):
 @overload(sigmoid_of, inline="always")
 def _sigmoid_of(x):
     return (lambda x: sigmoid32(x)) if x == types.float32 else (lambda x: sigmoid(x))
+
+
+def scalar(c, arr):
+    """The constant c as a scalar of ``arr``'s dtype: in a float32 loop a float64 literal (1.0)
+    would widen the arithmetic to float64, at half the vector width and with conversions."""
+
+
+@overload(scalar, inline="always")
+def _scalar(c, arr):
+    if isinstance(arr, types.Array) and arr.dtype == types.float32:
+        return lambda c, arr: np.float32(c)
+    return lambda c, arr: np.float64(c)
