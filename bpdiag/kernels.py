@@ -1,4 +1,5 @@
-"""The jitted backprop core: forward, backward, recorders, clipping and optimizer steps.
+"""The jitted backprop core: forward, backward, clipping and optimizer steps (one thread; the
+training loop is ``bpdiag.loop``, the multi-threaded passes ``bpdiag.parallel``).
 
 Conventions (the seed's notation, PyTorch's layout):
 
@@ -59,48 +60,10 @@ from bpdiag.optim import (
     WEIGHT_DECAY,
 )
 
-# codes vector: which activation, output activation, loss, optimizer, clipping, NaN guard.
-C_ACT, C_OUT_ACT, C_LOSS, C_OPT, C_CLIP, C_STOP_NONFINITE = range(6)
-N_CODES = 6
-
-# Columns of the per-record step table and per-record, per-layer table.
-STEP_COLUMNS = (
-    "step",
-    "loss",
-    "accuracy",
-    "grad_norm_total",
-    "grad_norm_total_clipped",
-    "clip_coef",
-)
-S_STEP, S_LOSS, S_ACC, S_GNORM, S_GNORM_CLIPPED, S_CLIP_COEF = range(len(STEP_COLUMNS))
-LAYER_COLUMNS = (
-    "grad_norm_W",
-    "grad_norm_b",
-    "grad_norm_W_clipped",
-    "delta_rms",
-    "weight_norm",
-    "update_ratio",
-    "act_mean",
-    "act_std",
-    "frac_saturated",
-    "frac_dead",
-    "nonfinite",
-)
-(
-    L_GRAD_W,
-    L_GRAD_B,
-    L_GRAD_W_CLIPPED,
-    L_DELTA_RMS,
-    L_WEIGHT_NORM,
-    L_UPDATE_RATIO,
-    L_ACT_MEAN,
-    L_ACT_STD,
-    L_FRAC_SAT,
-    L_FRAC_DEAD,
-    L_NONFINITE,
-) = range(len(LAYER_COLUMNS))
-
-STATUS_OK, STATUS_NONFINITE = 0, 1
+# codes vector: which activation, output activation, loss, optimizer, clipping, NaN guard, and
+# how many threads the step's passes use (1: these; more: ``bpdiag.parallel``).
+C_ACT, C_OUT_ACT, C_LOSS, C_OPT, C_CLIP, C_STOP_NONFINITE, C_PARALLEL = range(7)
+N_CODES = 7
 
 # Per-layer sums: the backward pass accumulates the gradient ones every step; the activation ones
 # are taken on record steps only, from the buffers the forward pass left (see _record_layers).
@@ -173,10 +136,10 @@ def _needs_z(code):
 
 
 @njit(**JIT)
-def _z_block(code, zs, acts, off, rows, cols):
+def z_block(code, zs, acts, off, rows, cols):
     """The (rows, cols) block holding z for ``code``: in ``zs`` if it is kept, else the a block
     (for linear z = a; for the others nothing reads it as z, see ``_needs_z``)."""
-    return _block(zs if _needs_z(code) else acts, off, rows, cols)
+    return block(zs if _needs_z(code) else acts, off, rows, cols)
 
 
 @njit(**FAST)
@@ -207,7 +170,7 @@ def _activate_in_place(code, A, b):
 @njit(**FAST)
 def _bias_activate(code, Z, b, A):
     """z ← z + b (in place) and a = φ(z) over the (mb, n) block, for the activations that keep
-    z (the statistics of a record come later, from ``_activation_stats``)."""
+    z (the statistics of a record come later, from ``activation_stats``)."""
     mb, n = Z.shape
     for i in range(mb):
         for j in range(n):
@@ -217,7 +180,7 @@ def _bias_activate(code, Z, b, A):
 
 
 @njit(**FAST)
-def _activation_stats(code, Z, A, st, alive):
+def activation_stats(code, Z, A, st, alive):
     """One layer's activation statistics into ``st``, in one pass: Σa and Σa² (in float64), the
     saturated count for tanh (|a| > 0.99) and sigmoid (a < 0.01 or a > 0.99), and for the other
     activations the dead-unit count (units whose z ≤ 0 on every row; for relu Z is the a block,
@@ -307,8 +270,25 @@ def _times_dphi(code, Z, A, D, db):
 
 
 @njit(**JIT)
-def _block(buf, off, rows, cols):
+def block(buf, off, rows, cols):
     return buf[off : off + rows * cols].reshape((rows, cols))
+
+
+@njit(**JIT)
+def dense(code, theta, w0, b0, n_in, n_out, acts, zs, off_in, off_out, rows):
+    """a = φ(a_prev Wᵀ + b) for ``rows`` rows starting at acts[off_in] (a_prev, width n_in) and
+    acts[off_out] (a, width n_out); z at zs[off_out] where ``_needs_z``. W at theta[w0], b at
+    theta[b0]."""
+    W = block(theta, w0, n_out, n_in)
+    b = theta[b0 : b0 + n_out]
+    A_prev, A = block(acts, off_in, rows, n_in), block(acts, off_out, rows, n_out)
+    if _needs_z(code):
+        Z = block(zs, off_out, rows, n_out)
+        np.dot(A_prev, W.T, Z)
+        _bias_activate(code, Z, b, A)
+    else:
+        np.dot(A_prev, W.T, A)
+        _activate_in_place(code, A, b)
 
 
 @njit(**JIT)
@@ -316,18 +296,9 @@ def forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act):
     """a_0 (already in ``acts``) → a_l for l = 1..L, and z_l where ``_needs_z``."""
     L = sizes.size - 1
     for k in range(L):
-        n_in, n_out = sizes[k], sizes[k + 1]
-        W = _block(theta, w_off[k], n_out, n_in)
-        b = theta[b_off[k] : b_off[k] + n_out]
-        A_prev, A = _block(acts, a_off[k], mb, n_in), _block(acts, a_off[k + 1], mb, n_out)
         code = act if k < L - 1 else out_act
-        if _needs_z(code):
-            Z = _block(zs, a_off[k + 1], mb, n_out)
-            np.dot(A_prev, W.T, Z)
-            _bias_activate(code, Z, b, A)
-        else:
-            np.dot(A_prev, W.T, A)
-            _activate_in_place(code, A, b)
+        dense(code, theta, w_off[k], b_off[k], sizes[k], sizes[k + 1], acts, zs, a_off[k],
+              a_off[k + 1], mb)  # fmt: skip
 
 
 @njit(**JIT)
@@ -380,29 +351,51 @@ def loss_delta(loss, Z, A, Y, D):
 
 
 @njit(**JIT)
+def output_delta(sizes, b_off, a_off, mb, acts, zs, deltas, grads, out_act, stats):
+    """δ_L = ∂L/∂a_L ⊙ φ'(z_L) in place, with ∂L/∂b_L and Σδ_L² (``loss_delta`` wrote ∂L/∂a_L)."""
+    L = sizes.size - 1
+    n = sizes[L]
+    stats[L - 1, T_DELTA_SQ] = _times_dphi(
+        out_act, z_block(out_act, zs, acts, a_off[L], mb, n), block(acts, a_off[L], mb, n),
+        block(deltas, a_off[L], mb, n), grads[b_off[L - 1] : b_off[L - 1] + n],
+    )  # fmt: skip
+
+
+@njit(**JIT)
+def weight_grad(k, sizes, w_off, b_off, a_off, mb, acts, deltas, grads, stats):
+    """∂L/∂W_l = δ_lᵀ a_{l−1} into ``grads``, ‖∂L/∂W_l‖² and ‖∂L/∂b_l‖² into ``stats`` (k = l − 1;
+    ∂L/∂b_l is already there)."""
+    n_in, n_out = sizes[k], sizes[k + 1]
+    D = block(deltas, a_off[k + 1], mb, n_out)
+    np.dot(D.T, block(acts, a_off[k], mb, n_in), block(grads, w_off[k], n_out, n_in))
+    stats[k, T_GW_SQ] = _sumsq(grads, w_off[k], w_off[k] + n_out * n_in)
+    stats[k, T_GB_SQ] = _sumsq(grads, b_off[k], b_off[k] + n_out)
+
+
+@njit(**JIT)
+def delta_below(k, theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, stats):
+    """δ_{l−1} = (δ_l W_l) ⊙ φ'(z_{l−1}) into ``deltas`` (k = l − 1 ≥ 1), with ∂L/∂b_{l−1} and
+    Σδ_{l−1}² from the same pass."""
+    n_in, n_out = sizes[k], sizes[k + 1]
+    D_prev = block(deltas, a_off[k], mb, n_in)
+    np.dot(block(deltas, a_off[k + 1], mb, n_out), block(theta, w_off[k], n_out, n_in), D_prev)
+    stats[k - 1, T_DELTA_SQ] = _times_dphi(
+        act, z_block(act, zs, acts, a_off[k], mb, n_in), block(acts, a_off[k], mb, n_in),
+        D_prev, grads[b_off[k - 1] : b_off[k - 1] + n_in],
+    )  # fmt: skip
+
+
+@njit(**JIT)
 def backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, out_act, stats):
     """Given ∂L/∂a_L in ``deltas`` (``loss_delta``): δ_l into ``deltas``, ∂L/∂W_l and ∂L/∂b_l
     into ``grads``, and ‖∂L/∂W_l‖², ‖∂L/∂b_l‖², Σδ_l² into ``stats``. ∂L/∂b_l and Σδ_l² come
     from the pass that makes δ_l (``_times_dphi``)."""
-    L = sizes.size - 1
-    n_out = sizes[L]
-    stats[L - 1, T_DELTA_SQ] = _times_dphi(
-        out_act, _z_block(out_act, zs, acts, a_off[L], mb, n_out), _block(acts, a_off[L], mb, n_out),
-        _block(deltas, a_off[L], mb, n_out), grads[b_off[L - 1] : b_off[L - 1] + n_out],
-    )  # fmt: skip
-    for k in range(L - 1, -1, -1):
-        n_in, n_out = sizes[k], sizes[k + 1]
-        D = _block(deltas, a_off[k + 1], mb, n_out)
-        np.dot(D.T, _block(acts, a_off[k], mb, n_in), _block(grads, w_off[k], n_out, n_in))
-        stats[k, T_GW_SQ] = _sumsq(grads, w_off[k], w_off[k] + n_out * n_in)
-        stats[k, T_GB_SQ] = _sumsq(grads, b_off[k], b_off[k] + n_out)
+    output_delta(sizes, b_off, a_off, mb, acts, zs, deltas, grads, out_act, stats)
+    for k in range(sizes.size - 2, -1, -1):
+        weight_grad(k, sizes, w_off, b_off, a_off, mb, acts, deltas, grads, stats)
         if k > 0:
-            D_prev = _block(deltas, a_off[k], mb, n_in)
-            np.dot(D, _block(theta, w_off[k], n_out, n_in), D_prev)
-            stats[k - 1, T_DELTA_SQ] = _times_dphi(
-                act, _z_block(act, zs, acts, a_off[k], mb, n_in), _block(acts, a_off[k], mb, n_in),
-                D_prev, grads[b_off[k - 1] : b_off[k - 1] + n_in],
-            )  # fmt: skip
+            delta_below(k, theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act,
+                        stats)  # fmt: skip
 
 
 # ---------------------------------------------------------------- clipping and optimizers
@@ -625,45 +618,6 @@ def update(opt, hp, t, theta, grads, coef, state, lo, hi, sc):
                     hp[CENTERED] != 0.0, zero, first)  # fmt: skip
 
 
-# ---------------------------------------------------------------- recorders
-
-
-@njit(**JIT)
-def _record_layers(rec, act, out_act, sizes, w_off, b_off, a_off, mb, acts, zs, grads, stats,
-                   alive):  # fmt: skip
-    """Per-layer record of the current step: gradient sums from the passes that computed them,
-    activation statistics from the activations the forward pass left in ``acts``/``zs``."""
-    L = sizes.size - 1
-    relu_family = act == RELU or act == LEAKY_RELU or act == ELU or act == SELU or act == GELU
-    for k in range(L):
-        n_in, n_out = sizes[k], sizes[k + 1]
-        st = stats[k]
-        code = act if k < L - 1 else out_act
-        _activation_stats(code, _z_block(code, zs, acts, a_off[k + 1], mb, n_out),
-                          _block(acts, a_off[k + 1], mb, n_out), st, alive)  # fmt: skip
-        rec[k, L_GRAD_W] = math.sqrt(st[T_GW_SQ])
-        rec[k, L_GRAD_B] = math.sqrt(st[T_GB_SQ])
-        # per-sample error ‖∂ℓ_i/∂z_l‖ = mb ‖δ_l[i]‖, its RMS over the batch = √(mb Σ δ²)
-        rec[k, L_DELTA_RMS] = math.sqrt(mb * st[T_DELTA_SQ])
-        cnt = mb * n_out
-        mean = st[T_ACT_SUM] / cnt
-        rec[k, L_ACT_MEAN] = mean
-        rec[k, L_ACT_STD] = math.sqrt(max(st[T_ACT_SQ] / cnt - mean * mean, 0.0))
-        hidden = k < L - 1
-        rec[k, L_FRAC_SAT] = (
-            st[T_SAT] / cnt if hidden and (act == SIGMOID or act == TANH) else np.nan
-        )
-        rec[k, L_FRAC_DEAD] = st[T_DEAD] / n_out if hidden and relu_family else np.nan
-        bad = 0
-        if not math.isfinite(st[T_GW_SQ] + st[T_GB_SQ]):  # a finite sum of squares has no NaN/Inf
-            w0, b0 = w_off[k], b_off[k]
-            for p in range(w0, w0 + n_out * n_in):
-                bad += 0 if math.isfinite(grads[p]) else 1
-            for p in range(b0, b0 + n_out):
-                bad += 0 if math.isfinite(grads[p]) else 1
-        rec[k, L_NONFINITE] = bad
-
-
 # ---------------------------------------------------------------- entry points
 
 
@@ -675,84 +629,10 @@ def loss_and_grads(theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Y
     act, out_act = codes[C_ACT], codes[C_OUT_ACT]
     forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act)
     n_out = sizes[L]
-    Z_L, A_L = _z_block(out_act, zs, acts, a_off[L], mb, n_out), _block(acts, a_off[L], mb, n_out)
-    loss, acc = loss_delta(codes[C_LOSS], Z_L, A_L, Y, _block(deltas, a_off[L], mb, n_out))
+    Z_L, A_L = z_block(out_act, zs, acts, a_off[L], mb, n_out), block(acts, a_off[L], mb, n_out)
+    loss, acc = loss_delta(codes[C_LOSS], Z_L, A_L, Y, block(deltas, a_off[L], mb, n_out))
     backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, out_act, stats)
     return loss, acc
-
-
-@njit(**JIT)
-def train_steps(
-    theta, grads, state, hp, clip_value, codes, sizes, w_off, b_off, a_off,
-    acts, zs, deltas, Yb, X, Y, idx, starts, step0, last_step, record_every,
-    rec_step, rec_layer, row, counters,
-):  # fmt: skip
-    """Run len(starts) − 1 optimizer steps; step s uses rows idx[starts[s]:starts[s+1]] of X, Y.
-
-    Records at steps ≡ 0 (mod record_every), at ``last_step`` and at a non-finite step into
-    ``rec_step[row]``/``rec_layer[row]``, advancing ``row``; counters[0] counts clipped steps.
-    The statistics come from the passes that compute the step, so recording costs little.
-    Returns (steps done, row, status).
-    """
-    L = sizes.size - 1
-    n_in = sizes[0]
-    n_steps = starts.size - 1
-    opt, clip_code, act = codes[C_OPT], codes[C_CLIP], codes[C_ACT]
-    stats = np.zeros((L, N_STATS))
-    alive = np.empty(sizes.max())
-    sc = np.empty(10, theta.dtype)
-    for s in range(n_steps):
-        step = step0 + s
-        lo = starts[s]
-        mb = starts[s + 1] - lo
-        Xb = _block(acts, a_off[0], mb, n_in)
-        Yv = Yb[:mb]
-        for i in range(mb):
-            r = idx[lo + i]
-            Xb[i, :] = X[r, :]
-            Yv[i, :] = Y[r, :]
-        loss, acc = loss_and_grads(
-            theta, sizes, w_off, b_off, a_off, codes, acts, zs, deltas, Yv, grads, stats
-        )
-        total_sq = 0.0
-        for k in range(L):
-            total_sq += stats[k, T_GW_SQ] + stats[k, T_GB_SQ]
-        finite = math.isfinite(loss) and math.isfinite(total_sq)
-        stop = codes[C_STOP_NONFINITE] != 0 and not finite
-        recording = step % record_every == 0 or step == last_step or stop
-        if recording:
-            rec_step[row, S_STEP] = step
-            rec_step[row, S_LOSS] = loss
-            rec_step[row, S_ACC] = acc
-            rec_step[row, S_GNORM] = math.sqrt(total_sq)
-            _record_layers(rec_layer[row], act, codes[C_OUT_ACT], sizes, w_off, b_off, a_off, mb,
-                           acts, zs, grads, stats, alive)  # fmt: skip
-        if stop:  # keep the failing step's record; nothing is clipped or updated
-            return s, row + 1, STATUS_NONFINITE
-        coef, clipped = clip(clip_code, clip_value, theta, grads, sizes, w_off, b_off, total_sq)
-        counters[0] += clipped
-        clipped_sq = 0.0
-        for k in range(L):
-            w0, b0, nw = w_off[k], b_off[k], sizes[k + 1] * sizes[k]
-            dsq, wsq, gwsq = update(opt, hp, step + 1, theta, grads, coef, state, w0, w0 + nw, sc)
-            gbsq = update(opt, hp, step + 1, theta, grads, coef, state, b0, b0 + sizes[k + 1], sc)[
-                2
-            ]
-            clipped_sq += gwsq + gbsq
-            if recording:
-                rec_layer[row, k, L_GRAD_W_CLIPPED] = math.sqrt(gwsq)
-                rec_layer[row, k, L_WEIGHT_NORM] = math.sqrt(wsq)
-                rec_layer[row, k, L_UPDATE_RATIO] = math.sqrt(dsq / wsq) if wsq > 0 else np.inf
-        if recording:
-            rec_step[row, S_GNORM_CLIPPED] = math.sqrt(clipped_sq)
-            if clip_code == NORM:
-                rec_step[row, S_CLIP_COEF] = coef
-            else:
-                rec_step[row, S_CLIP_COEF] = (
-                    math.sqrt(clipped_sq / total_sq) if total_sq > 0 else 1.0
-                )
-            row += 1
-    return n_steps, row, STATUS_OK
 
 
 @njit(**JIT)

@@ -149,7 +149,9 @@ class MLP:
         """Number of weight layers L."""
         return len(self.sizes) - 1
 
-    def codes(self, optimizer: int = 0, clip: int = 0, stop_nonfinite: bool = True) -> np.ndarray:
+    def codes(
+        self, optimizer: int = 0, clip: int = 0, stop_nonfinite: bool = True, threads: int = 1
+    ) -> np.ndarray:
         """The kernels' integer-code vector for this net and a training setup."""
         codes = np.zeros(kernels.N_CODES, dtype=np.int64)
         codes[kernels.C_ACT] = self.act_code
@@ -158,6 +160,7 @@ class MLP:
         codes[kernels.C_OPT] = optimizer
         codes[kernels.C_CLIP] = clip
         codes[kernels.C_STOP_NONFINITE] = int(stop_nonfinite)
+        codes[kernels.C_PARALLEL] = threads
         return codes
 
     @property

@@ -72,7 +72,7 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
             net, ds.X_train, ds.Y_train, optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps,
             batch_size=cfg.batch_size, clip=cfg.clip, clip_value=cfg.clip_value,
             record_every=cfg.record_every, seed=cfg.seed, eval_data=(ds.X_test, ds.Y_test),
-            **cfg.optimizer_options(),
+            threads=1, **cfg.optimizer_options(),  # one worker process per core: one thread each
         )  # fmt: skip
         times["train_s"] = hist.train_seconds
         times["train_call_s"] = time.perf_counter() - t

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numba
 import numpy as np
 import pandas as pd
 
-from bpdiag import kernels
+from bpdiag import loop, parallel
 from bpdiag.clipping import clip_code
 from bpdiag.diagnose import Diagnosis, diagnose
 from bpdiag.hooks import Chunk, NaNGuard
@@ -20,6 +22,10 @@ from bpdiag.optim import resolve_optimizer
 from bpdiag.theory import Prediction, predict
 
 CHUNK_SECONDS = 0.25  # target wall time of one kernel call; hooks see the records once per chunk
+# Multiply-adds per layer and step (batch × fan-in × fan-out, averaged over the layers) from which
+# the multi-threaded step pays for its hand-offs: width and batch 128 gain 25–40 %, width and batch
+# 64 (2^18) lose 10–50 % (benchmarks/bench.py on 2 cores).
+PARALLEL_MIN_MACS = 2**20
 
 
 @dataclass
@@ -158,19 +164,52 @@ def _positive_int(name: str, value: object) -> int:
 
 def _steps_table(rec_step: np.ndarray) -> pd.DataFrame:
     """History.steps from the (records, STEP_COLUMNS) array."""
-    steps = pd.DataFrame(rec_step, columns=list(kernels.STEP_COLUMNS))
-    steps["step"] = steps["step"].astype(np.int64)
-    return steps
+    table = pd.DataFrame(rec_step, columns=list(loop.STEP_COLUMNS))
+    table["step"] = table["step"].astype(np.int64)
+    return table
 
 
 def _layers_table(rec_layer: np.ndarray, steps: pd.Series) -> pd.DataFrame:
     """History.layers (long form) from the (records, L, LAYER_COLUMNS) array."""
     n, L, n_cols = rec_layer.shape
-    layers = pd.DataFrame(rec_layer.reshape(n * L, n_cols), columns=list(kernels.LAYER_COLUMNS))
+    layers = pd.DataFrame(rec_layer.reshape(n * L, n_cols), columns=list(loop.LAYER_COLUMNS))
     layers.insert(0, "layer", np.tile(np.arange(1, L + 1), n))
     layers.insert(0, "step", np.repeat(steps.to_numpy(), L))
     layers["nonfinite"] = layers["nonfinite"].astype(np.int64)
     return layers
+
+
+def _threads(threads: object, net: MLP, batch: int) -> int:
+    """How many threads one training uses (see ``train``'s ``threads``)."""
+    available = numba.config.NUMBA_NUM_THREADS
+    if threads is None:
+        sizes = net.sizes
+        macs = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)) / net.depth
+        return numba.get_num_threads() if macs >= PARALLEL_MIN_MACS else 1
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads <= 0:
+        raise ValueError(f"threads must be None or a positive integer, got {threads!r}")
+    if threads > available:
+        raise ValueError(f"threads must be at most {available} (NUMBA_NUM_THREADS), got {threads}")
+    return int(threads)
+
+
+@contextmanager
+def _threading(threads: int) -> Iterator[None]:
+    """Numba's thread count for the kernels, and BLAS single-threaded while they run parallel
+    passes (its own threads would compete with Numba's for the same cores)."""
+    if threads == 1:
+        yield
+        return
+    import scipy.linalg.cython_blas  # noqa: F401  (Numba's BLAS: loaded, so that the limit reaches it)
+    from threadpoolctl import threadpool_limits
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def train(
@@ -189,6 +228,7 @@ def train(
     hooks: Sequence[object] = (),
     eval_data: tuple[object, object] | None = None,
     nan_guard: bool = True,
+    threads: int | None = None,
     **optimizer_options: object,
 ) -> History:
     """Train ``net`` in place for ``steps`` optimizer steps and return what was recorded.
@@ -202,7 +242,10 @@ def train(
     once per kernel call; returning True stops training. ``eval_data=(X_test, Y_test)`` adds
     ``test_loss``/``test_accuracy`` to the summary. The scratch buffers of the last call (the
     net's activations for one batch, and 4× its parameters) stay allocated for the next call with
-    the same shapes.
+    the same shapes. ``threads``: CPU threads for the step's passes (BLAS is then single-threaded
+    during the call); None uses all of Numba's threads when a layer has at least
+    ``PARALLEL_MIN_MACS`` multiply-adds a step and one thread (BLAS as configured) below that.
+    Results agree with one thread's to rounding (see ``bpdiag.parallel``).
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a bpdiag.MLP, got {type(net).__name__}")
@@ -227,15 +270,19 @@ def train(
         if isinstance(hook, NaNGuard):
             nan_guard = nan_guard and hook.enabled
 
+    threads = _threads(threads, net, batch)
+
     lay = net.layout
     a_off = lay.a_off(batch)
+    pcs = parallel.pieces(lay.w_off, lay.b_off, lay.sizes, parallel.PIECE if threads > 1 else 2**62)
     key, ws = _workspace(net, batch, Y.shape[1])
     acts, zs, deltas, grads, state, Yb = ws.acts, ws.zs, ws.deltas, ws.grads, ws.state, ws.Yb
-    codes = net.codes(opt_code, c_code, nan_guard)
+    codes = net.codes(opt_code, c_code, nan_guard, threads)
+    kernel = loop.train_steps_parallel if threads > 1 else loop.train_steps
     counters = np.zeros(1, np.int64)
     n_rec = (steps - 1) // record_every + 2  # cadence, the last step, a non-finite step
-    rec_step = np.full((n_rec, len(kernels.STEP_COLUMNS)), np.nan)
-    rec_layer = np.full((n_rec, net.depth, len(kernels.LAYER_COLUMNS)), np.nan)
+    rec_step = np.full((n_rec, len(loop.STEP_COLUMNS)), np.nan)
+    rec_layer = np.full((n_rec, net.depth, len(loop.LAYER_COLUMNS)), np.nan)
     sampler = BatchSampler(m, batch, shuffle, seed)
 
     done, row, chunk, stopped_by, diverged = (
@@ -246,27 +293,28 @@ def train(
         -1,
     )  # chunks then grow to ~CHUNK_SECONDS
     start = time.perf_counter()
-    while done < steps and stopped_by is None:
-        n = min(chunk, steps - done)
-        idx, starts = sampler.take(n)
-        t0 = time.perf_counter()
-        k, new_row, status = kernels.train_steps(
-            net.theta, grads, state, hp, c_value, codes, lay.sizes, lay.w_off, lay.b_off, a_off,
-            acts, zs, deltas, Yb, X, Y, idx, starts, done, steps - 1, record_every,
-            rec_step, rec_layer, row, counters,
-        )  # fmt: skip
-        elapsed = time.perf_counter() - t0
-        if status == kernels.STATUS_NONFINITE:
-            diverged, stopped_by = done + k, "nonfinite"
-        done += k
-        if hooks:  # building the chunk's table takes ~0.5 ms, a step or two of a small net
-            nonfinite = status == kernels.STATUS_NONFINITE
-            info = Chunk(done, steps, _steps_table(rec_step[row:new_row]), nonfinite)
-            for hook in hooks:
-                if hook(info) and stopped_by is None:
-                    stopped_by = type(hook).__name__
-        row = new_row
-        chunk = max(1, min(4096, int(n * CHUNK_SECONDS / max(elapsed, 1e-6))))
+    with _threading(threads):
+        while done < steps and stopped_by is None:
+            n = min(chunk, steps - done)
+            idx, starts = sampler.take(n)
+            t0 = time.perf_counter()
+            k, new_row, status = kernel(
+                net.theta, grads, state, hp, c_value, codes, lay.sizes, lay.w_off, lay.b_off, a_off,
+                pcs, acts, zs, deltas, Yb, X, Y, idx, starts, done, steps - 1, record_every,
+                rec_step, rec_layer, row, counters,
+            )  # fmt: skip
+            elapsed = time.perf_counter() - t0
+            if status == loop.STATUS_NONFINITE:
+                diverged, stopped_by = done + k, "nonfinite"
+            done += k
+            if hooks:  # building the chunk's table takes ~0.5 ms, a step or two of a small net
+                nonfinite = status == loop.STATUS_NONFINITE
+                info = Chunk(done, steps, _steps_table(rec_step[row:new_row]), nonfinite)
+                for hook in hooks:
+                    if hook(info) and stopped_by is None:
+                        stopped_by = type(hook).__name__
+            row = new_row
+            chunk = max(1, min(4096, int(n * CHUNK_SECONDS / max(elapsed, 1e-6))))
     seconds = time.perf_counter() - start
     _keep(key, ws)
     steps_df = _steps_table(rec_step[:row])

@@ -6,7 +6,7 @@ import reference as ref
 from conftest import make_problem
 
 from bpdiag import MLP, train
-from bpdiag.kernels import LAYER_COLUMNS
+from bpdiag.loop import LAYER_COLUMNS
 
 
 @pytest.mark.parametrize(
