@@ -83,17 +83,19 @@ STATUS_OK, STATUS_NONFINITE = 0, 1
 
 @njit(**JIT)
 def _record_layers(rec, act, out_act, sizes, w_off, b_off, a_off, mb, acts, zs, grads, stats,
-                   alive):  # fmt: skip
+                   alive, have_stats):  # fmt: skip
     """Per-layer record of the current step: gradient sums from the passes that computed them,
-    activation statistics from the activations the forward pass left in ``acts``/``zs``."""
+    activation statistics from the activations the forward pass left in ``acts``/``zs`` (unless
+    the parallel backward pass took them already: ``have_stats``)."""
     L = sizes.size - 1
     relu_family = act == RELU or act == LEAKY_RELU or act == ELU or act == SELU or act == GELU
     for k in range(L):
         n_in, n_out = sizes[k], sizes[k + 1]
         st = stats[k]
         code = act if k < L - 1 else out_act
-        activation_stats(code, z_block(code, zs, acts, a_off[k + 1], mb, n_out),
-                          block(acts, a_off[k + 1], mb, n_out), st, alive)  # fmt: skip
+        if not have_stats:
+            activation_stats(code, z_block(code, zs, acts, a_off[k + 1], mb, n_out),
+                             block(acts, a_off[k + 1], mb, n_out), st, alive[k])  # fmt: skip
         rec[k, L_GRAD_W] = math.sqrt(st[T_GW_SQ])
         rec[k, L_GRAD_B] = math.sqrt(st[T_GB_SQ])
         # per-sample error ‖∂ℓ_i/∂z_l‖ = mb ‖δ_l[i]‖, its RMS over the batch = √(mb Σ δ²)
@@ -141,7 +143,7 @@ def _steps(
     stats = np.zeros((L, N_STATS))
     sums = np.zeros((n_pcs, 3))  # (‖Δθ‖², ‖θ‖², ‖g‖²) of each piece
     seg = np.zeros((2 * L, 3))  # the same per W_l and b_l
-    alive = np.empty(sizes.max())
+    alive = np.empty((L, sizes.max()))  # scratch of the dead-unit counts, a row per layer
     sc = np.empty((n_pcs, 10), theta.dtype)
     for s in range(n_steps):
         step = step0 + s
@@ -153,6 +155,7 @@ def _steps(
             r = idx[lo + i]
             Xb[i, :] = X[r, :]
             Yv[i, :] = Y[r, :]
+        cadence = step % record_every == 0 or step == last_step  # a record step, unless it fails
         if par:
             parallel.forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act, threads)
         else:
@@ -162,7 +165,7 @@ def _steps(
                                block(deltas, a_off[L], mb, n_out))  # fmt: skip
         if par:
             parallel.backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act,
-                              out_act, stats)  # fmt: skip
+                              out_act, stats, cadence, alive)  # fmt: skip
         else:
             kernels.backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act,
                              out_act, stats)  # fmt: skip
@@ -171,14 +174,14 @@ def _steps(
             total_sq += stats[k, T_GW_SQ] + stats[k, T_GB_SQ]
         finite = math.isfinite(loss) and math.isfinite(total_sq)
         stop = codes[C_STOP_NONFINITE] != 0 and not finite
-        recording = step % record_every == 0 or step == last_step or stop
+        recording = cadence or stop
         if recording:
             rec_step[row, S_STEP] = step
             rec_step[row, S_LOSS] = loss
             rec_step[row, S_ACC] = acc
             rec_step[row, S_GNORM] = math.sqrt(total_sq)
             _record_layers(rec_layer[row], act, out_act, sizes, w_off, b_off, a_off, mb, acts, zs,
-                           grads, stats, alive)  # fmt: skip
+                           grads, stats, alive, par and cadence)  # fmt: skip
         if stop:  # keep the failing step's record; nothing is clipped or updated
             return s, row + 1, STATUS_NONFINITE
         coef, clipped = clip(clip_code, clip_value, theta, grads, sizes, w_off, b_off, total_sq)

@@ -9,7 +9,7 @@ decides when; the one-thread passes are in ``bpdiag.kernels``).
 Results agree with one thread's to rounding: BLAS may round a GEMM over a block of rows
 differently from one over the whole batch, and a record's per-layer sums add their pieces in
 another order. Entering a parallel region costs ≈ 2.5 µs, so this pays from about 2^20
-multiply-adds a layer (``bpdiag.train.PARALLEL_MIN_MACS``).
+multiply-adds a layer, until BLAS's own threads win again (``bpdiag.train.PARALLEL_MACS``).
 """
 
 from __future__ import annotations
@@ -51,13 +51,22 @@ def forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act, T):
 
 
 @njit(parallel=True, **JIT)
-def backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, out_act, stats):
-    """``kernels.backward`` with ∂L/∂W_l and δ_{l−1} of each layer on two threads."""
+def backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act, out_act, stats,
+             record, alive):  # fmt: skip
+    """``kernels.backward`` with ∂L/∂W_l and δ_{l−1} of each layer on two threads; with
+    ``record``, the ∂L/∂W_l thread (the lighter) also takes ``kernels.activation_stats`` of a_l
+    (alive: (L, max width) scratch)."""
+    L = sizes.size - 1
     kernels.output_delta(sizes, b_off, a_off, mb, acts, zs, deltas, grads, out_act, stats)
-    for k in range(sizes.size - 2, -1, -1):
+    for k in range(L - 1, -1, -1):
         for task in prange(2):
             if task == 0:
                 kernels.weight_grad(k, sizes, w_off, b_off, a_off, mb, acts, deltas, grads, stats)
+                if record:
+                    n, code = sizes[k + 1], act if k < L - 1 else out_act
+                    kernels.activation_stats(code, kernels.z_block(code, zs, acts, a_off[k + 1], mb, n),
+                                             kernels.block(acts, a_off[k + 1], mb, n), stats[k],
+                                             alive[k])  # fmt: skip
             elif k > 0:
                 kernels.delta_below(k, theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas,
                                     grads, act, stats)  # fmt: skip
