@@ -9,7 +9,7 @@ decides when; the one-thread passes are in ``bpdiag.kernels``).
 Results agree with one thread's to rounding: BLAS may round a GEMM over a block of rows
 differently from one over the whole batch, and a record's per-layer sums add their pieces in
 another order. Entering a parallel region costs ≈ 2.5 µs, so this pays from about 2^20
-multiply-adds a layer, until BLAS's own threads win again (``bpdiag.train.PARALLEL_MACS``).
+multiply-adds a layer (``bpdiag.train.PARALLEL_MIN_MACS``).
 """
 
 from __future__ import annotations

@@ -22,12 +22,11 @@ from bpdiag.optim import resolve_optimizer
 from bpdiag.theory import Prediction, predict
 
 CHUNK_SECONDS = 0.25  # target wall time of one kernel call; hooks see the records once per chunk
-# Multiply-adds per layer and step (batch × fan-in × fan-out, averaged over the layers) for which
-# the multi-threaded step beats one thread with multi-threaded BLAS (benchmarks/bench.py, 2 cores):
-# from 2^20 it pays for its hand-offs (width and batch 128: 25–40 % faster; 64, i.e. 2^18: 10–50 %
-# slower); from 2^27 BLAS's own threads win again (width 1024, batch 512, i.e. 2^29: 10–20 %),
-# as they pack each weight matrix once for both cores.
-PARALLEL_MACS = (2**20, 2**27)
+# Multiply-adds per layer and step (batch × fan-in × fan-out, averaged over the layers) from which
+# the multi-threaded step beats one thread with multi-threaded BLAS (2 cores, interleaved A/B):
+# width and batch 128 (2^21) 25–35 % faster, width 1024 and batch 512 (2^29) 7–13 % faster;
+# width and batch 64 (2^18) up to 55 % slower, the ~2.5 µs hand-offs outweighing the gain.
+PARALLEL_MIN_MACS = 2**20
 
 
 @dataclass
@@ -187,8 +186,7 @@ def _threads(threads: object, net: MLP, batch: int) -> int:
     if threads is None:
         sizes = net.sizes
         macs = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)) / net.depth
-        lo, hi = PARALLEL_MACS
-        return numba.get_num_threads() if lo <= macs < hi else 1
+        return numba.get_num_threads() if macs >= PARALLEL_MIN_MACS else 1
     if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads <= 0:
         raise ValueError(f"threads must be None or a positive integer, got {threads!r}")
     if threads > available:
@@ -246,8 +244,8 @@ def train(
     ``test_loss``/``test_accuracy`` to the summary. The scratch buffers of the last call (the
     net's activations for one batch, and 4× its parameters) stay allocated for the next call with
     the same shapes. ``threads``: CPU threads for the step's passes (BLAS is then single-threaded
-    during the call); None uses all of Numba's threads when a layer's multiply-adds a step are in
-    ``PARALLEL_MACS`` and one thread (BLAS as configured) otherwise.
+    during the call); None uses all of Numba's threads when a layer has at least
+    ``PARALLEL_MIN_MACS`` multiply-adds a step and one thread (BLAS as configured) below that.
     Results agree with one thread's to rounding (see ``bpdiag.parallel``).
     """
     if not isinstance(net, MLP):
