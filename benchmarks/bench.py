@@ -26,6 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:  # PyTorch before bpdiag, so that bpdiag.blas may use MKL without touching PyTorch's MKL
+    import torch  # noqa: F401
+except ImportError:
+    pass
+
 import bpdiag
 
 CONFIGS = {  # depth (weight layers), width, batch, inputs; 1 output, BCE loss
@@ -268,6 +273,8 @@ def sweep_throughput(spec: str = "sweeps/default.yaml") -> dict[str, float]:
 def machine() -> dict[str, object]:
     from threadpoolctl import threadpool_info
 
+    from bpdiag import blas
+
     cpu = ""
     if Path("/proc/cpuinfo").exists():
         lines = [x for x in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in x]
@@ -281,6 +288,7 @@ def machine() -> dict[str, object]:
         "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
         "numpy": np.__version__, "numba": __import__("numba").__version__, "torch": torch_version,
         "blas": [(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()],
+        "kernel_gemm": f"{blas.BACKEND}: {blas.VERSION}",
     }  # fmt: skip
 
 
@@ -300,6 +308,7 @@ def main() -> None:
         print("note: PyTorch not installed (pip install -e '.[bench]'); its column is skipped")
     result = {"machine": machine(), "steps": [], "date": time.strftime("%Y-%m-%d %H:%M")}
     result["gemm_gflops"] = {dt: gemm_rate(dt) for dt in ("float32", "float64")}
+    print(f"bpdiag's GEMM: {result['machine']['kernel_gemm']}")
     print(f"numpy GEMM (512×1024 @ 1024×1024): sgemm {result['gemm_gflops']['float32']:.0f} "
           f"GFLOP/s, dgemm {result['gemm_gflops']['float64']:.0f} GFLOP/s")  # fmt: skip
     header = f"{'case':24s} {'bpdiag ms':>10s} {'torch ms':>10s} {'numpy ms':>10s} {'torch/bp':>9s} {'np/bp':>7s} {'GFLOP/s':>8s} {'of gemm':>8s}"

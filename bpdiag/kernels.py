@@ -41,6 +41,7 @@ from bpdiag.activations import (
     SIGMOID,
     TANH,
 )
+from bpdiag.blas import gemm
 from bpdiag.clipping import AGC, AGC_DIV_EPS, AGC_EPS, LAYER, NONE, NORM, NORM_EPS, VALUE
 from bpdiag.jit import FAST, INLINE, JIT
 from bpdiag.losses import BCE, CE
@@ -285,10 +286,10 @@ def dense(code, theta, w0, b0, n_in, n_out, acts, zs, off_in, off_out, rows):
     A_prev, A = block(acts, off_in, rows, n_in), block(acts, off_out, rows, n_out)
     if _needs_z(code):
         Z = block(zs, off_out, rows, n_out)
-        np.dot(A_prev, W.T, Z)
+        gemm(A_prev, False, W, True, Z)
         _bias_activate(code, Z, b, A)
     else:
-        np.dot(A_prev, W.T, A)
+        gemm(A_prev, False, W, True, A)
         _activate_in_place(code, A, b)
 
 
@@ -368,7 +369,7 @@ def weight_grad(k, sizes, w_off, b_off, a_off, mb, acts, deltas, grads, stats):
     ∂L/∂b_l is already there)."""
     n_in, n_out = sizes[k], sizes[k + 1]
     D = block(deltas, a_off[k + 1], mb, n_out)
-    np.dot(D.T, block(acts, a_off[k], mb, n_in), block(grads, w_off[k], n_out, n_in))
+    gemm(D, True, block(acts, a_off[k], mb, n_in), False, block(grads, w_off[k], n_out, n_in))
     stats[k, T_GW_SQ] = _sumsq(grads, w_off[k], w_off[k] + n_out * n_in)
     stats[k, T_GB_SQ] = _sumsq(grads, b_off[k], b_off[k] + n_out)
 
@@ -378,8 +379,9 @@ def delta_below(k, theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grad
     """δ_{l−1} = (δ_l W_l) ⊙ φ'(z_{l−1}) into ``deltas`` (k = l − 1 ≥ 1), with ∂L/∂b_{l−1} and
     Σδ_{l−1}² from the same pass."""
     n_in, n_out = sizes[k], sizes[k + 1]
+    D, W = block(deltas, a_off[k + 1], mb, n_out), block(theta, w_off[k], n_out, n_in)
     D_prev = block(deltas, a_off[k], mb, n_in)
-    np.dot(block(deltas, a_off[k + 1], mb, n_out), block(theta, w_off[k], n_out, n_in), D_prev)
+    gemm(D, False, W, False, D_prev)
     stats[k - 1, T_DELTA_SQ] = _times_dphi(
         act, z_block(act, zs, acts, a_off[k], mb, n_in), block(acts, a_off[k], mb, n_in),
         D_prev, grads[b_off[k - 1] : b_off[k - 1] + n_in],

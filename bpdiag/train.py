@@ -196,8 +196,9 @@ def _threads(threads: object, net: MLP, batch: int) -> int:
 
 @contextmanager
 def _threading(threads: int) -> Iterator[None]:
-    """Numba's thread count for the kernels, and BLAS single-threaded while they run parallel
-    passes (its own threads would compete with Numba's for the same cores)."""
+    """Numba's thread count for the kernels, and OpenBLAS single-threaded while they run
+    parallel passes (its threads would compete with Numba's for the same cores; MKL, where
+    ``bpdiag.blas`` uses it, is sequential already)."""
     if threads == 1:
         yield
         return
@@ -243,9 +244,10 @@ def train(
     once per kernel call; returning True stops training. ``eval_data=(X_test, Y_test)`` adds
     ``test_loss``/``test_accuracy`` to the summary. The scratch buffers of the last call (the
     net's activations for one batch, and 4× its parameters) stay allocated for the next call with
-    the same shapes. ``threads``: CPU threads for the step's passes (BLAS is then single-threaded
-    during the call); None uses all of Numba's threads when a layer has at least
-    ``PARALLEL_MIN_MACS`` multiply-adds a step and one thread (BLAS as configured) below that.
+    the same shapes. ``threads``: CPU threads for the step's passes, each GEMM on the thread that
+    calls it (``bpdiag.blas``); None uses all of Numba's threads when a layer has at least
+    ``PARALLEL_MIN_MACS`` multiply-adds a step and one thread below that (with OpenBLAS, whose
+    GEMMs then use its threads as configured).
     Results agree with one thread's to rounding (see ``bpdiag.parallel``).
     """
     if not isinstance(net, MLP):
