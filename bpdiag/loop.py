@@ -1,9 +1,9 @@
 """The training loop kernel: minibatch steps with the NaN guard, clipping, the optimizer and
 per-layer records, one call per chunk of steps (``bpdiag.train`` drives it).
 
-``train_steps`` runs the passes of ``bpdiag.kernels`` on one thread, ``train_steps_parallel``
-those of ``bpdiag.parallel`` on codes[C_PARALLEL] threads; the optimizer goes over
-``parallel.pieces`` either way.
+``train_steps`` runs the passes of ``bpdiag.kernels`` on one thread, or those of
+``bpdiag.parallel`` on codes[C_PARALLEL] threads; the optimizer goes over ``parallel.pieces``
+either way.
 """
 
 from __future__ import annotations
@@ -119,9 +119,9 @@ def _record_layers(rec, act, out_act, sizes, w_off, b_off, a_off, mb, acts, zs, 
         rec[k, L_NONFINITE] = bad
 
 
-@njit(**JIT, inline="always")
-def _steps(
-    par, theta, grads, state, hp, clip_value, codes, sizes, w_off, b_off, a_off, pcs,
+@njit(**JIT)
+def train_steps(
+    theta, grads, state, hp, clip_value, codes, sizes, w_off, b_off, a_off, pcs,
     acts, zs, deltas, Yb, X, Y, idx, starts, step0, last_step, record_every,
     rec_step, rec_layer, row, counters,
 ):  # fmt: skip
@@ -130,15 +130,17 @@ def _steps(
     Records at steps ≡ 0 (mod record_every), at ``last_step`` and at a non-finite step into
     ``rec_step[row]``/``rec_layer[row]``, advancing ``row``; counters[0] counts clipped steps.
     The statistics come from the passes that compute the step, so recording costs little.
-    pcs: the optimizer's pieces (``parallel.pieces``). Returns (steps done, row, status).
-    ``par`` is a constant in each entry point below, so Numba prunes the other branch and the
-    one-thread entry never compiles the parallel passes (≈ 7 s a dtype).
+    pcs: the optimizer's pieces (``parallel.pieces``). The passes are those of
+    ``bpdiag.kernels`` on one thread, or of ``bpdiag.parallel`` on codes[C_PARALLEL] > 1
+    threads: one kernel holds both, since compiling the step twice cost more than the parallel
+    passes do. Returns (steps done, row, status).
     """
     L = sizes.size - 1
     n_in, n_out = sizes[0], sizes[L]
     n_steps = starts.size - 1
     opt, clip_code, act, out_act = codes[C_OPT], codes[C_CLIP], codes[C_ACT], codes[C_OUT_ACT]
     threads = codes[C_PARALLEL]
+    par = threads > 1
     n_pcs = pcs.shape[1]
     stats = np.zeros((L, N_STATS))
     sums = np.zeros((n_pcs, 3))  # (‖Δθ‖², ‖θ‖², ‖g‖²) of each piece
@@ -213,31 +215,3 @@ def _steps(
                 )
             row += 1
     return n_steps, row, STATUS_OK
-
-
-@njit(**JIT)
-def train_steps(
-    theta, grads, state, hp, clip_value, codes, sizes, w_off, b_off, a_off, pcs,
-    acts, zs, deltas, Yb, X, Y, idx, starts, step0, last_step, record_every,
-    rec_step, rec_layer, row, counters,
-):  # fmt: skip
-    """``_steps`` on one thread (BLAS as configured)."""
-    return _steps(
-        False, theta, grads, state, hp, clip_value, codes, sizes, w_off, b_off, a_off, pcs,
-        acts, zs, deltas, Yb, X, Y, idx, starts, step0, last_step, record_every,
-        rec_step, rec_layer, row, counters,
-    )  # fmt: skip
-
-
-@njit(**JIT)
-def train_steps_parallel(
-    theta, grads, state, hp, clip_value, codes, sizes, w_off, b_off, a_off, pcs,
-    acts, zs, deltas, Yb, X, Y, idx, starts, step0, last_step, record_every,
-    rec_step, rec_layer, row, counters,
-):  # fmt: skip
-    """``_steps`` with the passes of ``bpdiag.parallel`` on codes[C_PARALLEL] threads."""
-    return _steps(
-        True, theta, grads, state, hp, clip_value, codes, sizes, w_off, b_off, a_off, pcs,
-        acts, zs, deltas, Yb, X, Y, idx, starts, step0, last_step, record_every,
-        rec_step, rec_layer, row, counters,
-    )  # fmt: skip

@@ -281,7 +281,6 @@ def train(
     key, ws = _workspace(net, batch, Y.shape[1])
     acts, zs, deltas, grads, state, Yb = ws.acts, ws.zs, ws.deltas, ws.grads, ws.state, ws.Yb
     codes = net.codes(opt_code, c_code, nan_guard, threads)
-    kernel = loop.train_steps_parallel if threads > 1 else loop.train_steps
     counters = np.zeros(1, np.int64)
     n_rec = (steps - 1) // record_every + 2  # cadence, the last step, a non-finite step
     rec_step = np.full((n_rec, len(loop.STEP_COLUMNS)), np.nan)
@@ -301,7 +300,7 @@ def train(
             n = min(chunk, steps - done)
             idx, starts = sampler.take(n)
             t0 = time.perf_counter()
-            k, new_row, status = kernel(
+            k, new_row, status = loop.train_steps(
                 net.theta, grads, state, hp, c_value, codes, lay.sizes, lay.w_off, lay.b_off, a_off,
                 pcs, acts, zs, deltas, Yb, X, Y, idx, starts, done, steps - 1, record_every,
                 rec_step, rec_layer, row, counters,
