@@ -182,44 +182,58 @@ def _bias_activate(code, Z, b, A):
 
 
 @njit(**FAST)
-def activation_stats(code, Z, A, st, alive):
-    """One layer's activation statistics into ``st``, in one pass: Σa and Σa² (in float64), the
-    saturated count for tanh (|a| > 0.99) and sigmoid (a < 0.01 or a > 0.99), and for the other
-    activations the dead-unit count (units whose z ≤ 0 on every row; for relu Z is the a block,
-    a ≤ 0 ⇔ z ≤ 0; ``alive`` is scratch)."""
+def activation_sums(code, Z, A, st, zmax):
+    """Statistics of a block of rows of one layer, in one pass: Σa and Σa² (in float64) into
+    st[T_ACT_SUM], st[T_ACT_SQ]; for tanh (|a| > 0.99) and sigmoid (a < 0.01 or a > 0.99) the
+    saturated count into st[T_SAT], for the other activations the column maxima of z into
+    zmax[:n] (a unit is dead where z ≤ 0 on every row; for relu Z is the a block, a ≤ 0 ⇔ z ≤ 0).
+    Blocks of rows combine by adding the sums and taking the larger zmax (``dead_units``)."""
     mb, n = Z.shape
+    flat = A.ravel()  # one loop over the contiguous block: one reduction, not one per row
     s = 0.0
     s2 = 0.0
     sat = 0.0
-    dead = 0.0
     if code == TANH:
-        for i in range(mb):
-            for j in range(n):
-                a = A[i, j]
-                s += float(a)
-                s2 += float(a) * float(a)
-                sat += 1.0 if abs(a) > 0.99 else 0.0
+        for i in range(flat.size):
+            a = flat[i]
+            s += float(a)
+            s2 += float(a) * float(a)
+            sat += 1.0 if abs(a) > 0.99 else 0.0
     elif code == SIGMOID:
-        for i in range(mb):
-            for j in range(n):
-                a = A[i, j]
-                s += float(a)
-                s2 += float(a) * float(a)
-                sat += 1.0 if (a < 0.01) | (a > 0.99) else 0.0
+        for i in range(flat.size):
+            a = flat[i]
+            s += float(a)
+            s2 += float(a) * float(a)
+            sat += 1.0 if (a < 0.01) | (a > 0.99) else 0.0
     else:
-        alive[:n] = -np.inf
+        zmax[:n] = -np.inf
         for i in range(mb):
             for j in range(n):
                 a = A[i, j]
                 s += float(a)
                 s2 += float(a) * float(a)
-                alive[j] = max(alive[j], Z[i, j])
-        for j in range(n):
-            dead += 1.0 if alive[j] <= 0 else 0.0
+                zmax[j] = max(zmax[j], Z[i, j])
     st[T_ACT_SUM] = s
     st[T_ACT_SQ] = s2
     st[T_SAT] = sat
-    st[T_DEAD] = dead
+
+
+@njit(**JIT)
+def dead_units(code, zmax):
+    """Units with zmax ≤ 0 (``activation_sums``); 0 for tanh and sigmoid, which keep no zmax."""
+    dead = 0.0
+    if code != TANH and code != SIGMOID:
+        for j in range(zmax.size):
+            dead += 1.0 if zmax[j] <= 0 else 0.0
+    return dead
+
+
+@njit(**JIT)
+def activation_stats(code, Z, A, st, zmax):
+    """One layer's activation statistics over the whole batch into ``st`` (``activation_sums``
+    and the dead-unit count; zmax: scratch of the layer's width)."""
+    activation_sums(code, Z, A, st, zmax)
+    st[T_DEAD] = dead_units(code, zmax[: Z.shape[1]])
 
 
 @njit(**FAST)

@@ -83,10 +83,10 @@ STATUS_OK, STATUS_NONFINITE = 0, 1
 
 @njit(**JIT)
 def _record_layers(rec, act, out_act, sizes, w_off, b_off, a_off, mb, acts, zs, grads, stats,
-                   alive, have_stats):  # fmt: skip
+                   zmax, have_stats):  # fmt: skip
     """Per-layer record of the current step: gradient sums from the passes that computed them,
     activation statistics from the activations the forward pass left in ``acts``/``zs`` (unless
-    the parallel backward pass took them already: ``have_stats``)."""
+    the two-core forward pass took them already: ``have_stats``; zmax: (L, max width) scratch)."""
     L = sizes.size - 1
     relu_family = act == RELU or act == LEAKY_RELU or act == ELU or act == SELU or act == GELU
     for k in range(L):
@@ -95,7 +95,7 @@ def _record_layers(rec, act, out_act, sizes, w_off, b_off, a_off, mb, acts, zs, 
         code = act if k < L - 1 else out_act
         if not have_stats:
             activation_stats(code, z_block(code, zs, acts, a_off[k + 1], mb, n_out),
-                             block(acts, a_off[k + 1], mb, n_out), st, alive[k])  # fmt: skip
+                             block(acts, a_off[k + 1], mb, n_out), st, zmax[k])  # fmt: skip
         rec[k, L_GRAD_W] = math.sqrt(st[T_GW_SQ])
         rec[k, L_GRAD_B] = math.sqrt(st[T_GB_SQ])
         # per-sample error ‖∂ℓ_i/∂z_l‖ = mb ‖δ_l[i]‖, its RMS over the batch = √(mb Σ δ²)
@@ -145,7 +145,8 @@ def train_steps(
     stats = np.zeros((L, N_STATS))
     sums = np.zeros((n_pcs, 3))  # (‖Δθ‖², ‖θ‖², ‖g‖²) of each piece
     seg = np.zeros((2 * L, 3))  # the same per W_l and b_l
-    alive = np.empty((L, sizes.max()))  # scratch of the dead-unit counts, a row per layer
+    zmax = np.empty((threads, L, sizes.max()))  # scratch of the activation statistics: per
+    part = np.empty((threads, L, N_STATS))  # thread (row block of the two-core forward) and layer
     sc = np.empty((n_pcs, 10), theta.dtype)
     for s in range(n_steps):
         step = step0 + s
@@ -159,7 +160,8 @@ def train_steps(
             Yv[i, :] = Y[r, :]
         cadence = step % record_every == 0 or step == last_step  # a record step, unless it fails
         if par:
-            parallel.forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act, threads)
+            parallel.forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act,
+                             threads, cadence, stats, part, zmax)  # fmt: skip
         else:
             kernels.forward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, act, out_act)
         loss, acc = loss_delta(codes[C_LOSS], z_block(out_act, zs, acts, a_off[L], mb, n_out),
@@ -167,7 +169,7 @@ def train_steps(
                                block(deltas, a_off[L], mb, n_out))  # fmt: skip
         if par:
             parallel.backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act,
-                              out_act, stats, cadence, alive)  # fmt: skip
+                              out_act, stats)  # fmt: skip
         else:
             kernels.backward(theta, sizes, w_off, b_off, a_off, mb, acts, zs, deltas, grads, act,
                              out_act, stats)  # fmt: skip
@@ -183,7 +185,7 @@ def train_steps(
             rec_step[row, S_ACC] = acc
             rec_step[row, S_GNORM] = math.sqrt(total_sq)
             _record_layers(rec_layer[row], act, out_act, sizes, w_off, b_off, a_off, mb, acts, zs,
-                           grads, stats, alive, par and cadence)  # fmt: skip
+                           grads, stats, zmax[0], par and cadence)  # fmt: skip
         if stop:  # keep the failing step's record; nothing is clipped or updated
             return s, row + 1, STATUS_NONFINITE
         coef, clipped = clip(clip_code, clip_value, theta, grads, sizes, w_off, b_off, total_sq)
