@@ -68,7 +68,7 @@ N_CODES = 7
 
 # Per-layer sums: the backward pass accumulates the gradient ones every step; the activation ones
 # are taken on record steps only, from the buffers the forward pass left (loop._record_layers,
-# or the two-core parallel.backward).
+# or, on two threads, parallel.forward as it writes them).
 STATS = ("act_sum", "act_sumsq", "saturated", "dead", "delta_sumsq", "gW_sumsq", "gb_sumsq")
 T_ACT_SUM, T_ACT_SQ, T_SAT, T_DEAD, T_DELTA_SQ, T_GW_SQ, T_GB_SQ = range(len(STATS))
 N_STATS = len(STATS)
