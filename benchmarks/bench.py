@@ -27,12 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # PyTorch before bpdiag, so that bpdiag.blas may use MKL without touching PyTorch's MKL
-    import torch  # noqa: F401
+try:  # PyTorch before bpdiag's first kernel, so that bpdiag.blas may use MKL without touching
+    import torch  # noqa: F401  (PyTorch's own MKL)
 except ImportError:
     pass
 
 import bpdiag
+from bpdiag import blas
 
 CONFIGS = {  # depth (weight layers), width, batch, inputs; 1 output, BCE loss
     "S": (10, 64, 64, 32),
@@ -253,7 +254,8 @@ for dtype in ("float32", "float64"):
     if dtype == "float32": t_first = time.perf_counter()
     bpdiag.train(net, X, Y, steps=1, clip="norm", clip_value=1.0,
                  threads=min(2, numba.config.NUMBA_NUM_THREADS))  # the two-core step
-net.loss_and_grads(X, Y); net.forward(X); bpdiag.theory.predict([4, 8, 8, 1], "tanh", "he_normal")
+net.loss_and_grads(X, Y); net.forward(X)
+from bpdiag.diagnostics.theory import predict; predict([4, 8, 8, 1], "tanh", "he_normal")
 print(t1 - t0, t_first - t0, time.perf_counter() - t0)
 """
 
@@ -290,8 +292,6 @@ def sweep_throughput(spec: str = "sweeps/default.yaml") -> dict[str, float]:
 def machine() -> dict[str, object]:
     from threadpoolctl import threadpool_info
 
-    from bpdiag import blas
-
     cpu = ""
     if Path("/proc/cpuinfo").exists():
         lines = [x for x in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in x]
@@ -305,7 +305,7 @@ def machine() -> dict[str, object]:
         "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
         "numpy": np.__version__, "numba": __import__("numba").__version__, "torch": torch_version,
         "blas": [(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()],
-        "kernel_gemm": f"{blas.BACKEND}: {blas.VERSION}",
+        "kernel_gemm": str(blas.bind()),
     }  # fmt: skip
 
 

@@ -1,11 +1,39 @@
 """bpdiag: backpropagation experiments and gradient-flow diagnostics.
 
-Heavy modules (mlflow, dask, matplotlib, scikit-learn) are imported where they are used.
+The public face is ``MLP``, ``train``, ``History``, ``diagnose`` (with ``Diagnosis`` and
+``Thresholds``); the modules ``data``, ``hooks``, ``gradcheck``, ``schema`` and the packages
+``diagnostics`` and ``sweep`` hold the rest. Names are imported on first use, so that
+``import bpdiag`` (and ``bpdiag --help``) loads neither Numba nor pandas.
 """
 
-from bpdiag.diagnose import Diagnosis, Thresholds, diagnose
-from bpdiag.model import MLP
-from bpdiag.train import History, train
+from __future__ import annotations
 
+from importlib import import_module
+from importlib.metadata import version
+from typing import TYPE_CHECKING
+
+__version__ = version("bpdiag")
+
+_HOMES = {
+    "MLP": "bpdiag.model",
+    "train": "bpdiag.training",
+    "History": "bpdiag.history",
+    "diagnose": "bpdiag.diagnostics.verdict",
+    "Diagnosis": "bpdiag.diagnostics.verdict",
+    "Thresholds": "bpdiag.diagnostics.verdict",
+}
 __all__ = ["MLP", "Diagnosis", "History", "Thresholds", "diagnose", "train"]
-__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from bpdiag.diagnostics.verdict import Diagnosis, Thresholds, diagnose
+    from bpdiag.history import History
+    from bpdiag.model import MLP
+    from bpdiag.training import train
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'bpdiag' has no attribute {name!r}")
+    value = getattr(import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value

@@ -1,20 +1,18 @@
-"""The matrix product the kernels call: ``gemm(A, ta, B, tb, C)``, C = op(A) op(B), on the
-calling thread only.
+"""Which BLAS computes the kernels' matrix products: chosen and bound before the first kernel
+runs, reported as threadpoolctl reads it, and held to one thread while the two-core step runs.
 
-Which library computes it is chosen once per process, at import:
+- ``mkl``: Intel's MKL (a dependency on x86-64 Linux), sequential. The default on Intel CPUs,
+  where its GEMMs at these nets' sizes beat OpenBLAS's (``docs/performance.md``), unless
+  PyTorch is installed but not imported yet: MKL loads its parts into the process's global
+  symbol scope, and a PyTorch imported afterwards binds the MKL linked into it to those parts,
+  which leaves PyTorch's own GEMMs on one thread. Import torch before the first training step
+  to have both.
+- ``openblas``: otherwise, the OpenBLAS SciPy ships (the one Numba's ``np.dot`` calls). MKL on
+  other vendors' CPUs has not been measured.
 
-- ``mkl``: Intel's MKL (a dependency on x86-64 Linux), sequential. At these nets' sizes
-  (128–1024 wide, one thread) its GEMMs ran 1.1–1.6× faster than OpenBLAS's on an Intel Xeon.
-  The default on Intel CPUs, unless PyTorch is installed but not imported yet: MKL loads its
-  parts into the global symbol scope, and a PyTorch imported afterwards binds the MKL linked
-  into it to them (its GEMMs then ran on one thread). Import torch before bpdiag to have both.
-- ``openblas``: otherwise, the OpenBLAS SciPy ships (the one Numba's ``np.dot`` calls; its
-  threads as configured). MKL on other vendors' CPUs is not measured here.
-
-``BPDIAG_BLAS=mkl|openblas`` overrides the choice. The kernels call the Fortran-ABI symbols
-``bpdiag_sgemm``/``bpdiag_dgemm``, bound here to the chosen library's ``?gemm``; compiled code
-names the symbol and not an address, so kernels in Numba's on-disk cache stay valid whichever
-library a later process picks.
+``BPDIAG_BLAS=mkl|openblas`` overrides the choice. The choice is made once per process, by
+``bind()``, which ``MLP`` and ``train`` call before their first kernel: importing bpdiag loads
+no BLAS.
 """
 
 from __future__ import annotations
@@ -24,19 +22,90 @@ import importlib.util
 import os
 import platform
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import llvmlite.binding as llvm
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
-
 BACKENDS = ("mkl", "openblas")
-GEMMS = ("sgemm", "dgemm")
 _MKL_THREADING_SEQUENTIAL, _MKL_INTERFACE_LP64 = 1, 0
-_N, _T = ord("N"), ord("T")
+
+
+@dataclass(frozen=True)
+class Library:
+    """The BLAS the kernels' GEMMs run in, as threadpoolctl describes it."""
+
+    backend: str  # "mkl" or "openblas"
+    version: str  # the library's own version string
+    path: str  # the shared library's file
+    architecture: str = ""  # OpenBLAS's kernel family (e.g. "SkylakeX"); "" for MKL
+
+    def __str__(self) -> str:
+        arch = f" ({self.architecture})" if self.architecture else ""
+        return f"{self.backend} {self.version}{arch}"
+
+
+_lock = threading.Lock()
+_bound: Library | None = None
+
+
+def bind() -> Library:
+    """Bind the kernels' ``bpdiag_sgemm``/``bpdiag_dgemm`` to a BLAS, once per process, and
+    return it. Raises ``ValueError`` for a bad ``BPDIAG_BLAS``."""
+    global _bound
+    with _lock:
+        if _bound is None:
+            _bound = _bind()
+        return _bound
+
+
+def bound() -> Library | None:
+    """The library bound so far in this process (None before the first kernel ran)."""
+    return _bound
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """The bound BLAS on one thread inside the block (its threads would compete with Numba's
+    for the same cores); MKL is sequential already."""
+    from threadpoolctl import ThreadpoolController
+
+    lib = bind()
+    if lib.backend == "mkl":
+        yield
+        return
+    with ThreadpoolController().select(filepath=lib.path).limit(limits=1):
+        yield
+
+
+# ---------------------------------------------------------------- finding and binding
+
+
+def _bind() -> Library:
+    import llvmlite.binding as llvm
+
+    from bpdiag._core.gemm import SYMBOLS
+
+    wanted = os.environ.get("BPDIAG_BLAS", "").strip().lower() or None
+    if wanted is not None and wanted not in BACKENDS:
+        raise ValueError(f"BPDIAG_BLAS must be one of {', '.join(BACKENDS)}, got {wanted!r}")
+    mkl = _mkl_library() if wanted != "openblas" else None
+    found = None
+    if wanted == "mkl":
+        if mkl is None:
+            raise ValueError("BPDIAG_BLAS is 'mkl', but the mkl package is not installed")
+        found = _mkl(mkl)
+    elif mkl is not None and _intel_cpu() and not _torch_would_bind_to_it():
+        try:
+            found = _mkl(mkl)
+        except (OSError, AttributeError):  # an MKL too old or broken to use: SciPy's OpenBLAS
+            found = None
+    addresses, lib = found if found is not None else _openblas()
+    for name, address in addresses.items():
+        llvm.add_symbol(SYMBOLS[name], address)
+    return lib
 
 
 def _mkl_library() -> Path | None:
@@ -61,6 +130,33 @@ def _intel_cpu() -> bool:
         return "Intel" in platform.processor()
 
 
+def _torch_would_bind_to_it() -> bool:
+    """PyTorch is installed but not imported (one imported already is bound to its own MKL)."""
+    return "torch" not in sys.modules and importlib.util.find_spec("torch") is not None
+
+
+def _describe(backend: str, path: Path) -> Library:
+    """The threadpoolctl record of the library at ``path``."""
+    from threadpoolctl import threadpool_info
+
+    real = path.resolve()
+    for info in threadpool_info():
+        if Path(info["filepath"]).resolve() == real:
+            return Library(backend, str(info.get("version") or "unknown"), str(real),
+                           str(info.get("architecture") or ""))  # fmt: skip
+    return Library(backend, "unknown", str(real))
+
+
+def _mkl(path: Path) -> tuple[dict[str, int], Library]:
+    """Addresses of MKL's Fortran sgemm/dgemm, MKL set to LP64 and sequential."""
+    lib = ctypes.CDLL(str(path))
+    lib.MKL_Set_Interface_Layer(_MKL_INTERFACE_LP64)  # 32-bit integers, as the kernels pass
+    lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)
+    addresses = {n: ctypes.cast(getattr(lib, f"{n}_"), ctypes.c_void_p).value
+                 for n in ("sgemm", "dgemm")}  # fmt: skip
+    return addresses, _describe("mkl", path)
+
+
 def _capsule_address(capsule: object) -> int:
     """The function pointer in a Cython ``__pyx_capi__`` capsule."""
     api = ctypes.pythonapi
@@ -71,91 +167,17 @@ def _capsule_address(capsule: object) -> int:
     return api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
 
 
-def _mkl(path: Path) -> tuple[dict[str, int], str]:
-    """Addresses of MKL's Fortran sgemm/dgemm, MKL set to LP64 and sequential; its version."""
-    lib = ctypes.CDLL(str(path))
-    lib.MKL_Set_Interface_Layer(_MKL_INTERFACE_LP64)  # 32-bit integers, as passed below
-    lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)
-    buf = ctypes.create_string_buffer(256)
-    lib.MKL_Get_Version_String(buf, len(buf))
-    addresses = {n: ctypes.cast(getattr(lib, f"{n}_"), ctypes.c_void_p).value for n in GEMMS}
-    return addresses, buf.value.decode(errors="replace").strip()
-
-
-def _torch_would_bind_to_it() -> bool:
-    """PyTorch is installed but not imported (one imported already is bound to its own MKL)."""
-    return "torch" not in sys.modules and importlib.util.find_spec("torch") is not None
-
-
-def _openblas() -> tuple[dict[str, int], str]:
-    """Addresses of the sgemm/dgemm in SciPy's Cython BLAS API (Numba's ``np.dot`` calls them)."""
+def _openblas() -> tuple[dict[str, int], Library]:
+    """Addresses of sgemm/dgemm in SciPy's Cython BLAS API, which calls the OpenBLAS that SciPy
+    ships (the library file of the scipy distribution that threadpoolctl finds loaded)."""
     from scipy.linalg import cython_blas
+    from threadpoolctl import threadpool_info
 
-    addresses = {n: _capsule_address(cython_blas.__pyx_capi__[n]) for n in GEMMS}
-    return addresses, "the OpenBLAS SciPy ships"
-
-
-def _bind() -> tuple[str, str]:
-    """Bind ``bpdiag_sgemm``/``bpdiag_dgemm``; returns (backend, its version)."""
-    wanted = os.environ.get("BPDIAG_BLAS", "").strip().lower() or None
-    if wanted is not None and wanted not in BACKENDS:
-        raise ValueError(f"BPDIAG_BLAS must be one of {', '.join(BACKENDS)}, got {wanted!r}")
-    path = _mkl_library() if wanted != "openblas" else None
-    backend, found = "openblas", None
-    if wanted == "mkl":
-        if path is None:
-            raise ValueError("BPDIAG_BLAS is 'mkl', but the mkl package is not installed")
-        backend, found = "mkl", _mkl(path)
-    elif path is not None and _intel_cpu() and not _torch_would_bind_to_it():
-        try:
-            backend, found = "mkl", _mkl(path)
-        except (OSError, AttributeError):  # an MKL too old or broken to use: SciPy's OpenBLAS
-            backend = "openblas"
-    addresses, version = found if backend == "mkl" else _openblas()
-    for name, address in addresses.items():
-        llvm.add_symbol(f"bpdiag_{name}", address)
-    return backend, version
-
-
-BACKEND, VERSION = _bind()
-
-
-@intrinsic
-def _fortran_gemm(typingctx, transa, transb, m, n, k, A, lda, B, ldb, C, ldc):
-    """Column-major C (m × n) = op(A) op(B) by the bound Fortran ?gemm (alpha 1, beta 0);
-    transa/transb are ord('N') or ord('T'). The scalars go by pointer, on the stack."""
-    sig = types.void(transa, transb, m, n, k, A, lda, B, ldb, C, ldc)
-
-    def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 13)
-        name = "bpdiag_dgemm" if C.dtype == types.float64 else "bpdiag_sgemm"
-        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-
-        def by_ref(value):
-            return builder.bitcast(cgutils.alloca_once_value(builder, value), i8p)
-
-        def int_ref(value, width=32):
-            return by_ref(builder.trunc(value, ir.IntType(width)))
-
-        def data(value, aty):
-            return builder.bitcast(context.make_array(aty)(context, builder, value).data, i8p)
-
-        ta, tb, m_, n_, k_, a, lda_, b, ldb_, c, ldc_ = args
-        one = by_ref(context.get_constant(C.dtype, 1.0))
-        zero = by_ref(context.get_constant(C.dtype, 0.0))
-        builder.call(fn, [int_ref(ta, 8), int_ref(tb, 8), int_ref(m_), int_ref(n_), int_ref(k_),
-                          one, data(a, A), int_ref(lda_), data(b, B), int_ref(ldb_), zero,
-                          data(c, C), int_ref(ldc_)])  # fmt: skip
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@njit(cache=True, inline="always")
-def gemm(A, ta, B, tb, C):
-    """C = op(A) op(B) with op(X) = Xᵀ where the flag is True; A, B, C C-contiguous 2-D of one
-    float dtype, C (m, n). Row-major C is column-major Cᵀ = op(B)ᵀ op(A)ᵀ, which is the call."""
-    m, n = C.shape
-    k = A.shape[0] if ta else A.shape[1]
-    _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, B.shape[1], A, A.shape[1], C, n)
+    addresses = {n: _capsule_address(cython_blas.__pyx_capi__[n]) for n in ("sgemm", "dgemm")}
+    shipped = {Path(str(f)).name: f for f in metadata.files("scipy") or []}
+    for info in threadpool_info():
+        path = Path(info["filepath"]).resolve()
+        own = shipped.get(Path(info["filepath"]).name)
+        if info["internal_api"] == "openblas" and own and Path(str(own.locate())).resolve() == path:
+            return addresses, _describe("openblas", path)
+    return addresses, Library("openblas", "unknown", str(Path(cython_blas.__file__).resolve()))

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
-from bpdiag.activations import ACTIVATIONS
-from bpdiag.clipping import CLIPPING
-from bpdiag.optim import OPTIMIZERS
+from bpdiag.choices.activations import ACTIVATIONS
+from bpdiag.choices.clipping import CLIPPING
+from bpdiag.choices.defaults import DEFAULTS as D
+from bpdiag.choices.losses import LOSSES
+from bpdiag.choices.optim import OPTIMIZERS
 
 
 def _dataset_names() -> list[str]:
@@ -24,27 +26,26 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--dataset", type=click.Choice(_dataset_names()), default="spirals", show_default=True
-)
-@click.option("--depth", type=click.IntRange(1), default=6, show_default=True, help="weight layers")
-@click.option("--width", type=click.IntRange(1), default=32, show_default=True)
-@click.option(
-    "--activation", type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True
-)
-@click.option("--init", default="he_normal", show_default=True,
+@click.option("--dataset", type=click.Choice(_dataset_names()), default=D.dataset,
+              show_default=True)  # fmt: skip
+@click.option("--depth", type=click.IntRange(1), default=D.depth, show_default=True,
+              help="weight layers")  # fmt: skip
+@click.option("--width", type=click.IntRange(1), default=D.width, show_default=True)
+@click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default=D.activation,
+              show_default=True)  # fmt: skip
+@click.option("--init", default=D.init, show_default=True,
               help="xavier_normal, he_normal, lecun_normal, orthogonal, normal_<std>, ...")  # fmt: skip
-@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default="adam", show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--steps", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--clip", type=click.Choice(list(CLIPPING)), default="none", show_default=True)
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=D.optimizer,
+              show_default=True)  # fmt: skip
+@click.option("--lr", type=float, default=D.lr, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=D.steps, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=D.batch_size, show_default=True)
+@click.option("--clip", type=click.Choice(list(CLIPPING)), default=D.clip, show_default=True)
 @click.option("--clip-value", type=float, default=None)
-@click.option("--record-every", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option(
-    "--dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True
-)
+@click.option("--record-every", type=click.IntRange(1), default=D.record_every, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=D.seed, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=D.dtype,
+              show_default=True)  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bpdiag-out"),
               show_default=True, help="folder for gradient_flow.png and grad_norm_vs_depth.png")  # fmt: skip
 def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_size, clip,
@@ -53,7 +54,8 @@ def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_s
     from rich.console import Console
 
     import bpdiag
-    from bpdiag import data, plots
+    from bpdiag import data
+    from bpdiag.diagnostics import figures
     from bpdiag.hooks import Progress
 
     console = Console()
@@ -73,8 +75,8 @@ def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_s
     print_verdict(console, hist.diagnosis, hist.summary)
     print_layer_table(console, hist.layers)
     out.mkdir(parents=True, exist_ok=True)
-    plots.save(plots.gradient_flow(hist), out / "gradient_flow.png")
-    plots.save(plots.norm_vs_depth(hist), out / "grad_norm_vs_depth.png")
+    figures.save(figures.gradient_flow(hist), out / "gradient_flow.png")
+    figures.save(figures.norm_vs_depth(hist), out / "grad_norm_vs_depth.png")
     console.print(f"figures: {out / 'gradient_flow.png'}, {out / 'grad_norm_vs_depth.png'}")
 
 
@@ -84,7 +86,7 @@ def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_s
 @click.option(
     "--activation", type=click.Choice(list(ACTIVATIONS)), default="tanh", show_default=True
 )
-@click.option("--loss", type=click.Choice(["bce", "ce", "mse"]), default="bce", show_default=True)
+@click.option("--loss", type=click.Choice(list(LOSSES)), default=D.loss, show_default=True)
 @click.option("--init", default="xavier_normal", show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--per-layer", type=click.IntRange(1), default=20, show_default=True,
@@ -127,18 +129,20 @@ VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "d
 
 
 def print_verdict(console, diagnosis, summary: dict) -> None:
-    """The label, its reason and the evidence (measured beside theory) as a table."""
+    """The label, its reason and the evidence (measured beside theory) as a table, with the
+    run's outcome (final and test loss and accuracy) from ``summary``."""
     from rich.table import Table
+
+    from bpdiag.schema import SUMMARY
 
     style = VERDICT_STYLE.get(diagnosis.label, "bold")
     console.print(f"verdict: [{style}]{diagnosis.label}[/] — {diagnosis.reason}")
     table = Table(title="evidence", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for key, value in {
-        **diagnosis.evidence,
-        **{k: v for k, v in summary.items() if "accuracy" in k},
-    }.items():
+    outcome = [s.name for s in SUMMARY if s.group == "outcome" and not s.evidence]
+    rows = {**diagnosis.evidence, **{k: summary[k] for k in outcome if k in summary}}
+    for key, value in rows.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
 
@@ -172,7 +176,7 @@ def _fail(message: str, code: int = 2) -> None:
 def _counts_by_axis(console, table, axes: list[str]) -> None:
     from rich.table import Table
 
-    from bpdiag.diagnose import LABELS
+    from bpdiag.diagnostics.verdict import LABELS
 
     labels = [x for x in LABELS if x in set(table["label"])]
     for axis in axes:
@@ -211,9 +215,9 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings) -> No
     )
     from rich.table import Table
 
-    from bpdiag.compare import varying_axes
-    from bpdiag.config import SpecError, load_spec
-    from bpdiag.tracking import tracking_uri as tracking_uri_of
+    from bpdiag.sweep.compare import varying_axes
+    from bpdiag.sweep.config import SpecError, load_spec
+    from bpdiag.sweep.tracking import tracking_uri as tracking_uri_of
 
     console = Console()
     try:
@@ -301,7 +305,7 @@ def _print_timings(console, t: dict) -> None:
 
 
 def _tracker(uri):
-    from bpdiag.tracking import Tracker
+    from bpdiag.sweep.tracking import Tracker
 
     return Tracker(uri)
 
@@ -326,7 +330,7 @@ def compare(experiment, by, metric, use_all, plot, tracking_uri) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bpdiag.compare import aggregate, comparable
+    from bpdiag.sweep.compare import aggregate, comparable
 
     console = Console()
     tracker = _tracker(tracking_uri)
@@ -361,14 +365,15 @@ def compare(experiment, by, metric, use_all, plot, tracking_uri) -> None:
         t.add_row(*cells)
     console.print(t)
     if plot:
-        from bpdiag import plots
+        from bpdiag.diagnostics.figures import save
+        from bpdiag.sweep import figures
 
         if len(axes) == 2:
             histories = {r: tracker.loss_history(r) for r in subset["run_id"]}
-            fig = plots.loss_curves(subset, histories, tuple(axes))
+            fig = figures.loss_curves(subset, histories, tuple(axes))
         else:
-            fig = plots.metric_bars(table, axes, metric)
-        plots.save(fig, plot)
+            fig = figures.metric_bars(table, axes, metric)
+        save(fig, plot)
         console.print(f"wrote {plot}")
 
 
@@ -381,8 +386,8 @@ def diagnose(run_id, tracking_uri) -> None:
 
     from rich.console import Console
 
-    from bpdiag.diagnose import Diagnosis, Thresholds
-    from bpdiag.tracking import TAG_DIAGNOSIS, TAG_REASON
+    from bpdiag.diagnostics.verdict import Diagnosis, Thresholds
+    from bpdiag.schema import EVIDENCE_NAMES, SUMMARY_NAMES, Tag
 
     console = Console()
     tracker = _tracker(tracking_uri)
@@ -391,7 +396,7 @@ def diagnose(run_id, tracking_uri) -> None:
     except Exception:
         _fail(f"no run {run_id!r} in {tracker.uri}")
     tags = run.data.tags
-    if TAG_DIAGNOSIS not in tags:
+    if Tag.DIAGNOSIS not in tags:
         _fail(
             f"run {run_id} has no bpdiag diagnosis (status {run.info.status}; a sweep's parent run?)"
         )
@@ -399,16 +404,16 @@ def diagnose(run_id, tracking_uri) -> None:
         text = tracker.client.download_artifacts(run_id, "diagnosis.json")
         evidence = json.loads(Path(text).read_text())["evidence"]
     except Exception:
-        evidence = {k: v for k, v in run.data.metrics.items() if "/" not in k}
+        evidence = {k: v for k, v in run.data.metrics.items() if k in EVIDENCE_NAMES}
     console.print(f"run [bold]{run.info.run_name}[/] ({run_id}), status {run.info.status}")
     console.print(
         "params: "
         + ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()) if v != "None")
     )
-    summary = {k: v for k, v in run.data.metrics.items() if "accuracy" in k and "/" not in k}
+    summary = {k: v for k, v in run.data.metrics.items() if k in SUMMARY_NAMES}
     print_verdict(
         console,
-        Diagnosis(tags[TAG_DIAGNOSIS], tags.get(TAG_REASON, ""), evidence, Thresholds()),
+        Diagnosis(tags[Tag.DIAGNOSIS], tags.get(Tag.REASON, ""), evidence, Thresholds()),
         summary,
     )
 
@@ -423,8 +428,8 @@ def ui(tracking_uri, port, experiment) -> None:
     import subprocess
     import sys
 
-    from bpdiag.tracking import tracking_uri as tracking_uri_of
-    from bpdiag.tracking import ui_url
+    from bpdiag.sweep.tracking import tracking_uri as tracking_uri_of
+    from bpdiag.sweep.tracking import ui_url
 
     uri = tracking_uri_of(tracking_uri)
     tracker = _tracker(uri)

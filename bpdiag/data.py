@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bpdiag.registry import lookup
+from bpdiag.choices.registry import lookup
 
 
 @dataclass(frozen=True)

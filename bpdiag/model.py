@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from bpdiag import kernels
-from bpdiag.activations import LINEAR, activation_code
-from bpdiag.inits import init_weights
-from bpdiag.losses import BCE, CE, OUTPUT_ACTIVATION, loss_code
+from bpdiag import blas
+from bpdiag._core.backward import loss_and_grads
+from bpdiag._core.codes import BCE, CE, LINEAR
+from bpdiag._core.forward import forward
+from bpdiag._core.structs import Net, make_buffers, make_net, n_params
+from bpdiag.choices.activations import activation_code
+from bpdiag.choices.defaults import DEFAULTS
+from bpdiag.choices.inits import init_weights
+from bpdiag.choices.losses import OUTPUT_ACTIVATION, loss_code
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -23,44 +27,6 @@ def resolve_dtype(dtype: object) -> np.dtype:
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return np.dtype(DTYPES[name])
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each layer lives in the flat buffers (see ``bpdiag.kernels``)."""
-
-    sizes: np.ndarray  # (L + 1,) int64: [n_in, h_1, ..., n_out]
-    w_off: np.ndarray  # (L,) offset of W_l in theta
-    b_off: np.ndarray  # (L,) offset of b_l in theta
-    n_params: int
-
-    @classmethod
-    def of(cls, sizes: Sequence[int]) -> Layout:
-        sizes = np.asarray(sizes, dtype=np.int64)
-        w_off, b_off, p = [], [], 0
-        for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
-            w_off.append(p)
-            b_off.append(p + n_out * n_in)
-            p += n_out * n_in + n_out
-        return cls(sizes, np.array(w_off, np.int64), np.array(b_off, np.int64), p)
-
-    def a_off(self, cap: int) -> np.ndarray:
-        """(L + 1,) offsets of the (cap, n_j) activation blocks j = 0..L."""
-        return cap * np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-
-    def buffers(self, cap: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fresh (acts, zs, deltas) for batches of up to ``cap`` rows."""
-        n = cap * int(self.sizes.sum())
-        return np.zeros(n, dtype), np.zeros(n, dtype), np.zeros(n, dtype)
-
-    def unflatten(self, flat: np.ndarray) -> Params:
-        """Copies of (W_l, b_l) from a flat vector laid out like theta."""
-        out = []
-        for k in range(len(self.w_off)):
-            n_in, n_out = int(self.sizes[k]), int(self.sizes[k + 1])
-            W = flat[self.w_off[k] : self.w_off[k] + n_out * n_in].reshape(n_out, n_in)
-            out.append((W.copy(), flat[self.b_off[k] : self.b_off[k] + n_out].copy()))
-        return out
 
 
 def _check_sizes(sizes: object) -> list[int]:
@@ -107,40 +73,38 @@ class MLP:
     def __init__(
         self,
         sizes: Sequence[int],
-        activation: str = "relu",
-        loss: str = "bce",
+        activation: str = DEFAULTS.activation,
+        loss: str = DEFAULTS.loss,
         output_activation: str | None = None,
-        init: str = "he_normal",
-        seed: int = 0,
-        dtype: str = "float64",
+        init: str = DEFAULTS.init,
+        seed: int = DEFAULTS.seed,
+        dtype: str = DEFAULTS.dtype,
     ) -> None:
         self.sizes = _check_sizes(sizes)
         self.activation, self.loss, self.init, self.seed = activation, loss, init, seed
         self.dtype = resolve_dtype(dtype)
-        self.act_code = activation_code(activation)
-        self.loss_code = loss_code(loss)
+        act, loss_c = activation_code(activation), loss_code(loss)
         default_out = OUTPUT_ACTIVATION[loss]
         if output_activation is None or output_activation == default_out:
             self.output_activation = default_out
-            self.out_act_code = (
-                LINEAR if self.loss_code in (BCE, CE) else activation_code(default_out)
-            )
-        elif self.loss_code in (BCE, CE):
+            # bce and ce take the logits: their sigmoid/softmax lives in the loss
+            out_act = LINEAR if loss_c in (BCE, CE) else activation_code(default_out)
+        elif loss_c in (BCE, CE):
             raise ValueError(
                 f"output_activation {output_activation!r} does not go with loss {loss!r}, "
                 f"whose output activation is {default_out!r} (leave it None)"
             )
         else:
-            self.out_act_code = activation_code(output_activation, "output_activation")
+            out_act = activation_code(output_activation, "output_activation")
             self.output_activation = output_activation
-        if self.loss_code == CE and self.sizes[-1] < 2:
+        if loss_c == CE and self.sizes[-1] < 2:
             raise ValueError(
                 f"loss 'ce' needs at least 2 outputs, got sizes[-1] = {self.sizes[-1]}"
             )
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.layout = Layout.of(self.sizes)
-        self.theta = np.zeros(self.layout.n_params, dtype=self.dtype)
+        self.layout: Net = make_net(self.sizes, act, out_act, loss_c)
+        self.theta = np.zeros(n_params(self.layout), dtype=self.dtype)
         weights = init_weights(self.sizes, init, int(seed))
         self.set_params([(W, np.zeros(W.shape[0])) for W in weights])
 
@@ -149,24 +113,10 @@ class MLP:
         """Number of weight layers L."""
         return len(self.sizes) - 1
 
-    def codes(
-        self, optimizer: int = 0, clip: int = 0, stop_nonfinite: bool = True, threads: int = 1
-    ) -> np.ndarray:
-        """The kernels' integer-code vector for this net and a training setup."""
-        codes = np.zeros(kernels.N_CODES, dtype=np.int64)
-        codes[kernels.C_ACT] = self.act_code
-        codes[kernels.C_OUT_ACT] = self.out_act_code
-        codes[kernels.C_LOSS] = self.loss_code
-        codes[kernels.C_OPT] = optimizer
-        codes[kernels.C_CLIP] = clip
-        codes[kernels.C_STOP_NONFINITE] = int(stop_nonfinite)
-        codes[kernels.C_PARALLEL] = threads
-        return codes
-
     @property
     def params(self) -> Params:
         """Copies of [(W_1, b_1), ..., (W_L, b_L)], W_l shaped (n_l, n_{l−1})."""
-        return self.layout.unflatten(self.theta)
+        return self._unflatten(self.theta)
 
     def set_params(self, params: Params) -> None:
         """Replace all weights and biases (same structure as ``params``; finite)."""
@@ -201,7 +151,7 @@ class MLP:
     def check_Y(self, Y: object, m: int, name: str = "Y") -> np.ndarray:
         """Targets as the (m, k) array the kernels read (ce: labels as floats in one column)."""
         k = self.sizes[-1]
-        if self.loss_code == CE:
+        if self.layout.loss == CE:
             labels = as_real_array(name, Y, np.float64, (1, 2))
             if labels.shape != (m,):
                 raise ValueError(
@@ -217,7 +167,7 @@ class MLP:
             Y = Y.reshape(-1, 1)
         if Y.shape != (m, k):
             raise ValueError(f"{name} must have shape ({m}, {k}), got {Y.shape}")
-        if self.loss_code == BCE and (Y.min() < 0 or Y.max() > 1):
+        if self.layout.loss == BCE and (Y.min() < 0 or Y.max() > 1):
             raise ValueError(
                 f"{name} targets for loss 'bce' must be in [0, 1], got range [{Y.min()}, {Y.max()}]"
             )
@@ -225,33 +175,38 @@ class MLP:
 
     # ------------------------------------------------------------ computation
 
-    def _run(self, X: np.ndarray, Y: np.ndarray | None) -> tuple[float, float, np.ndarray, tuple]:
+    def _unflatten(self, flat: np.ndarray) -> Params:
+        """Copies of (W_l, b_l) from a flat vector laid out like theta."""
+        lay, out = self.layout, []
+        for k in range(self.depth):
+            n_in, n_out = self.sizes[k], self.sizes[k + 1]
+            W = flat[lay.w_off[k] : lay.w_off[k] + n_out * n_in].reshape(n_out, n_in)
+            out.append((W.copy(), flat[lay.b_off[k] : lay.b_off[k] + n_out].copy()))
+        return out
+
+    def _run(self, X: np.ndarray, Y: np.ndarray | None):
+        """The kernels over the whole of X: (loss, accuracy, buffers); NaN loss without Y."""
+        blas.bind()
         m = X.shape[0]
-        lay = self.layout
-        a_off = lay.a_off(m)
-        acts, zs, deltas = lay.buffers(m, self.dtype)
-        acts[: X.size] = X.ravel()
-        grads = np.zeros_like(self.theta)
-        stats = np.zeros((self.depth, kernels.N_STATS))
-        args = (self.theta, lay.sizes, lay.w_off, lay.b_off, a_off)
+        buf = make_buffers(self.layout, m, 1 if Y is None else Y.shape[1], self.dtype)
+        buf.acts[: X.size] = X.ravel()
         if Y is None:
-            kernels.forward(*args, m, acts, zs, self.act_code, self.out_act_code)
-            loss = acc = np.nan
-        else:
-            loss, acc = kernels.loss_and_grads(
-                *args, self.codes(), acts, zs, deltas, Y, grads, stats
-            )
-        return loss, acc, grads, (acts, zs, deltas, a_off)
+            forward(self.theta, self.layout, buf, m)
+            return np.nan, np.nan, buf
+        buf.Y[:] = Y
+        loss, acc = loss_and_grads(self.theta, self.layout, buf, m)
+        return loss, acc, buf
 
     def forward(self, X: object) -> np.ndarray:
         """Predictions (m, n_out) after the output activation (sigmoid / softmax / linear ...)."""
         X = self.check_X(X)
-        _, _, _, (acts, zs, _, a_off) = self._run(X, None)
+        _, _, buf = self._run(X, None)
         m, k = X.shape[0], self.sizes[-1]
-        out = acts[a_off[-2] : a_off[-2] + m * k].reshape(m, k).copy()
-        if self.loss_code == BCE:
+        off = buf.a_off[-2]
+        out = buf.acts[off : off + m * k].reshape(m, k).copy()
+        if self.layout.loss == BCE:
             return 0.5 + 0.5 * np.tanh(0.5 * out)
-        if self.loss_code == CE:
+        if self.layout.loss == CE:
             e = np.exp(out - out.max(axis=1, keepdims=True))
             return e / e.sum(axis=1, keepdims=True)
         return out
@@ -260,13 +215,13 @@ class MLP:
         """Batch-mean loss and [(∂L/∂W_l, ∂L/∂b_l)] on (X, Y)."""
         X = self.check_X(X)
         Y = self.check_Y(Y, X.shape[0])
-        loss, _, grads, _ = self._run(X, Y)
-        return float(loss), self.layout.unflatten(grads)
+        loss, _, buf = self._run(X, Y)
+        return float(loss), self._unflatten(buf.grads)
 
     def evaluate(self, X: object, Y: object) -> tuple[float, float]:
         """(batch-mean loss, accuracy) on (X, Y); accuracy is NaN for mse."""
         X = self.check_X(X)
-        loss, acc, _, _ = self._run(X, self.check_Y(Y, X.shape[0]))
+        loss, acc, _ = self._run(X, self.check_Y(Y, X.shape[0]))
         return float(loss), float(acc)
 
     def __repr__(self) -> str:

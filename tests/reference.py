@@ -89,6 +89,15 @@ def loss_and_grads(params, X, Y, activation, loss, output_activation="linear"):
     return value, grads
 
 
+def logits(params, X, activation):
+    """z_L (k, m) by the seed's forward pass (batch in columns)."""
+    a = X.T
+    for l, (W, b) in enumerate(params, start=1):
+        z = W @ a + b[:, None]
+        a = phi(activation, z) if l < len(params) else z
+    return a
+
+
 def deltas(params, X, Y, activation, loss):
     """Per-sample errors δ_l = ∂ℓ_i/∂z_l, l = 1..L, each (n_l, m)."""
     L = len(params)

@@ -18,7 +18,7 @@ def test_train_prints_verdict_and_writes_figures(tmp_path):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())  # undo rich's line wrapping
     assert "verdict: vanishing" in text
-    assert "delta_ratio_theory" in text and "test_accuracy" in text
+    assert "grad_ratio_first_last_theory" in text and "test_accuracy" in text
     assert (tmp_path / "figs" / "gradient_flow.png").exists()
     assert (tmp_path / "figs" / "grad_norm_vs_depth.png").exists()
 

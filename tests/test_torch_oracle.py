@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import reference as ref
-from conftest import ACTIVATIONS, LOSSES, make_problem
+from problems import ACTIVATION_NAMES, LOSS_NAMES, make_problem
 
 from bpdiag import MLP, train
 
@@ -52,8 +52,8 @@ def _numpy(params):
     return [(W.detach().numpy(), b.detach().numpy()) for W, b in params]
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
 def test_loss_and_grads_match_pytorch(activation, loss):
     net = MLP([5, 8, 6, 3], activation=activation, loss=loss, init="he_uniform", seed=5)
     X, Y = make_problem(loss)

@@ -1,0 +1,58 @@
+"""The matrix product the kernels call: ``gemm(A, ta, B, tb, C)``, C = op(A) op(B), on the
+calling thread.
+
+Compiled code calls the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by
+address, so kernels in Numba's on-disk cache stay valid whichever BLAS a later process binds to
+those names (``bpdiag.blas`` chooses and binds one before the first kernel runs).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+SYMBOLS = {"sgemm": "bpdiag_sgemm", "dgemm": "bpdiag_dgemm"}
+_N, _T = ord("N"), ord("T")
+
+
+@intrinsic
+def _fortran_gemm(typingctx, transa, transb, m, n, k, A, lda, B, ldb, C, ldc):
+    """Column-major C (m × n) = op(A) op(B) by the bound Fortran ?gemm (alpha 1, beta 0);
+    transa/transb are ord('N') or ord('T'). The scalars go by pointer, on the stack."""
+    sig = types.void(transa, transb, m, n, k, A, lda, B, ldb, C, ldc)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 13)
+        name = SYMBOLS["dgemm" if C.dtype == types.float64 else "sgemm"]
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+
+        def by_ref(value):
+            return builder.bitcast(cgutils.alloca_once_value(builder, value), i8p)
+
+        def int_ref(value, width=32):
+            return by_ref(builder.trunc(value, ir.IntType(width)))
+
+        def data(value, aty):
+            return builder.bitcast(context.make_array(aty)(context, builder, value).data, i8p)
+
+        ta, tb, m_, n_, k_, a, lda_, b, ldb_, c, ldc_ = args
+        one = by_ref(context.get_constant(C.dtype, 1.0))
+        zero = by_ref(context.get_constant(C.dtype, 0.0))
+        builder.call(fn, [int_ref(ta, 8), int_ref(tb, 8), int_ref(m_), int_ref(n_), int_ref(k_),
+                          one, data(a, A), int_ref(lda_), data(b, B), int_ref(ldb_), zero,
+                          data(c, C), int_ref(ldc_)])  # fmt: skip
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def gemm(A, ta, B, tb, C):
+    """C = op(A) op(B) with op(X) = Xᵀ where the flag is True; A, B, C C-contiguous 2-D of one
+    float dtype, C (m, n). Row-major C is column-major Cᵀ = op(B)ᵀ op(A)ᵀ, which is the call."""
+    m, n = C.shape
+    k = A.shape[0] if ta else A.shape[1]
+    _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, B.shape[1], A, A.shape[1], C, n)

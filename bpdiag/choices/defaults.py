@@ -1,0 +1,35 @@
+"""Every default, in one place: ``MLP``, ``train``, ``RunConfig`` (sweep files) and the
+``bpdiag train`` command all read these.
+
+A sweep file's ``base`` and axes are deltas over them, as a call's keyword arguments are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Defaults:
+    # data (sweeps and ``bpdiag train``)
+    dataset: str = "spirals"
+    n_samples: int = 1000  # synthetic data sets only
+    # the net
+    depth: int = 10  # weight layers
+    width: int = 64
+    activation: str = "relu"
+    loss: str = "bce"
+    init: str = "he_normal"
+    dtype: str = "float64"
+    seed: int = 0
+    # training
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    steps: int = 1000
+    batch_size: int = 64
+    shuffle: bool = True
+    clip: str = "none"
+    record_every: int = 10
+
+
+DEFAULTS = Defaults()

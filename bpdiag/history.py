@@ -1,0 +1,79 @@
+"""``History``: what one ``train()`` call recorded, with its theory, diagnosis and summary."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from bpdiag._core.slots import LAYER_SLOTS, STEP_SLOTS
+from bpdiag.diagnostics.theory import Prediction, predict
+from bpdiag.diagnostics.verdict import Diagnosis, diagnose
+from bpdiag.schema import SUMMARY_NAMES
+
+
+def steps_table(rec_step: np.ndarray) -> pd.DataFrame:
+    """History.steps from the kernel's (records, STEP_SLOTS) array."""
+    table = pd.DataFrame(rec_step, columns=list(STEP_SLOTS))
+    table["step"] = table["step"].astype(np.int64)
+    return table
+
+
+def layers_table(rec_layer: np.ndarray, steps: pd.Series) -> pd.DataFrame:
+    """History.layers (long form: one row per record and layer) from the kernel's
+    (records, L, LAYER_SLOTS) array."""
+    n, L, n_cols = rec_layer.shape
+    layers = pd.DataFrame(rec_layer.reshape(n * L, n_cols), columns=list(LAYER_SLOTS))
+    layers.insert(0, "layer", np.tile(np.arange(1, L + 1), n))
+    layers.insert(0, "step", np.repeat(steps.to_numpy(), L))
+    layers["nonfinite"] = layers["nonfinite"].astype(np.int64)
+    return layers
+
+
+@dataclass
+class History:
+    """Everything recorded by one ``train()`` call (columns: ``bpdiag.schema``)."""
+
+    steps: pd.DataFrame  # one row per record: step, loss, accuracy, grad_norm_total, ...
+    layers: pd.DataFrame  # long form: step, layer (1-based), grad_norm_W, delta_rms, ...
+    steps_done: int
+    diverged_step: int  # first step with a non-finite loss or gradient, −1 if none
+    stopped_by: str | None  # None, "nonfinite" or the class name of the hook that stopped
+    train_seconds: float
+    clipped_steps: int  # steps whose gradient the clipping changed
+    model: dict  # sizes, activation, init, loss, dtype of the net
+    input_second_moment: float  # q_0 = E[x²] of the training inputs (for the theory)
+    final: dict = field(default_factory=dict)  # loss/accuracy on the training (and test) set
+    config: dict = field(default_factory=dict)  # the training call's arguments
+    blas: str = ""  # the library the kernels' GEMMs ran in (``bpdiag.blas``)
+
+    @cached_property
+    def theory(self) -> Prediction | None:
+        """Mean-field prediction at init (None for a one-layer net)."""
+        m = self.model
+        if len(m["sizes"]) < 3:
+            return None
+        return predict(m["sizes"], m["activation"], m["init"], self.input_second_moment)
+
+    @cached_property
+    def diagnosis(self) -> Diagnosis:
+        """The verdict with default thresholds; ``bpdiag.diagnose(hist, ...)`` to override them."""
+        return diagnose(self)
+
+    @cached_property
+    def summary(self) -> dict[str, float]:
+        """One float per ``schema.SUMMARY`` name (test_* only with eval data): the outcome,
+        the verdict's evidence and the cost of training; the run's MLflow summary metrics."""
+        values = {
+            **self.final,
+            **self.diagnosis.evidence,
+            "clip_fraction": self.clipped_steps / max(self.steps_done, 1),
+            "train_seconds": self.train_seconds,
+            "steps_per_second": self.steps_done / self.train_seconds
+            if self.train_seconds > 0
+            else math.nan,
+        }
+        return {name: float(values[name]) for name in SUMMARY_NAMES if name in values}

@@ -1,0 +1,51 @@
+"""Tables across runs: which runs are comparable, mean ± std over seeds, verdict counts."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bpdiag.sweep.config import RUN_FIELDS
+
+# Axes in the order a person reads a sweep: architecture first, then training.
+AXIS_ORDER = ("depth", "activation", "init", "width", "optimizer", "clip", "clip_value", "lr",
+              "batch_size", "dataset", "dtype", "steps")  # fmt: skip
+
+
+def varying_axes(df: pd.DataFrame) -> list[str]:
+    """RunConfig fields (not seed) that take more than one value in ``df``."""
+    fields = [f for f in AXIS_ORDER if f in df] + [f for f in RUN_FIELDS if f not in AXIS_ORDER]
+    return [f for f in fields if f in df and f != "seed" and df[f].map(str).nunique() > 1]
+
+
+def comparable(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """The largest set of runs that differ only in ``axes`` (and seed).
+
+    A sweep of several grids mixes runs; e.g. the optimizer × clipping comparison must not
+    average in the depth study's runs.
+    """
+    others = [f for f in RUN_FIELDS if f in df and f not in axes and f != "seed"]
+    if not others:
+        return df
+    keys = df[others].map(str).agg("|".join, axis=1)
+    combos = df.groupby(keys)[axes].apply(lambda g: len(g.drop_duplicates()))
+    return df[keys == combos.idxmax()]
+
+
+def aggregate(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Per group of ``by``: n runs, mean and std of ``metric`` over seeds, verdict counts."""
+    missing = [c for c in [*by, metric] if c not in df]
+    if missing:
+        allowed = sorted(c for c in df.columns if not c.startswith("tags."))
+        raise ValueError(f"unknown column(s) {missing}; available: {', '.join(allowed)}")
+    groups = df.groupby(by, dropna=False)
+    table = groups[metric].agg(n="count", mean="mean", std="std")
+    if "label" in df:
+        counts = pd.crosstab([df[c] for c in by], df["label"])
+        table = table.join(counts).fillna(0)
+    return table.reset_index()
+
+
+def majority(labels: pd.Series) -> tuple[str, int, int]:
+    """(most common label, its count, total)."""
+    counts = labels.value_counts()
+    return str(counts.index[0]), int(counts.iloc[0]), int(counts.sum())

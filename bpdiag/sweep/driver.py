@@ -1,0 +1,179 @@
+"""``run_sweep``: expand the spec, skip what the store already has, train on the workers, log
+each result as it arrives (the driver is the only MLflow writer), finish with the parent's
+summary and comparisons."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from bpdiag.sweep import schedule
+from bpdiag.sweep.config import RunConfig, SweepSpec, load_spec
+from bpdiag.sweep.execute import RunResult
+from bpdiag.sweep.tracking import Tracker, ui_url
+
+
+@dataclass
+class SweepOutcome:
+    spec: SweepSpec
+    runs: list[RunConfig]  # everything the spec expands to
+    skipped: int = 0  # already FINISHED in the store
+    finished: int = 0
+    failed: int = 0
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    table: pd.DataFrame | None = None  # one row per FINISHED child of this sweep's run_keys
+    timings: dict[str, float] = field(default_factory=dict)
+    url: str = ""
+
+
+@dataclass
+class _Plan:
+    """What this invocation does in the store: its parent run and the runs still to do."""
+
+    tracker: Tracker
+    experiment_id: str
+    parent: str
+    keys: set[str]  # every run_key of the spec
+    finished: dict[str, str]  # run_key → run_id of the FINISHED children found at the start
+    todo: list[RunConfig]
+    losses: dict[str, pd.DataFrame] = field(default_factory=dict)  # run_id → (step, loss)
+
+
+def run_sweep(
+    spec_path: str | Path,
+    tracking_uri: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    rerun: bool = False,
+    on_start: Callable[[SweepOutcome, int], None] | None = None,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> SweepOutcome:
+    """Run (or resume) the sweep in ``spec_path``.
+
+    Resume: run_keys with a FINISHED child in the experiment are skipped (``rerun`` runs them
+    again and deletes the superseded children once their replacements finish); children a
+    killed sweep left RUNNING become KILLED. Raises ``SpecError`` for an invalid spec before
+    anything is written. ``on_start(outcome, n_todo)`` and ``on_result(result)`` let the CLI
+    show progress.
+    """
+    t_start = time.perf_counter()
+    spec, runs = load_spec(spec_path)
+    out = SweepOutcome(spec, runs)
+    pending = schedule.start(scheduler, workers)
+    try:
+        plan = _open(Tracker(tracking_uri), spec, runs, Path(spec_path).read_text(), rerun, out)
+    except BaseException:
+        schedule.close_when_up(pending)
+        raise
+    if on_start:
+        on_start(out, len(plan.todo))
+    import bpdiag.sweep.figures  # noqa: F401  (matplotlib, for the parent's figures) while workers warm
+
+    status, results, closing = "FAILED", [], None
+    try:
+        pool = pending.result()
+        try:
+            if plan.todo:
+                out.timings.update(workers=pool.count, warm_s=pool.warm_seconds,
+                                   startup_s=time.perf_counter() - t_start)  # fmt: skip
+                t = time.perf_counter()
+                for result in pool.results(plan.todo):
+                    _log(plan, result, rerun, out)
+                    results.append(result)
+                    if on_result:
+                        on_result(result)
+                out.timings["run_phase_s"] = time.perf_counter() - t
+        finally:
+            closing = schedule.start_closing(pool)  # the cluster shuts down while we finish
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        _finish(plan, status, out)
+        if closing is not None:
+            wait([closing])
+        out.timings.update(
+            wall_s=time.perf_counter() - t_start, log_s=plan.tracker.log_seconds,
+            train_s=sum(r.summary.get("train_seconds", 0.0) for r in results),
+            worker_s=sum(r.timings.get("total_s", 0.0) for r in results),
+        )  # fmt: skip
+    return out
+
+
+def _open(tracker: Tracker, spec: SweepSpec, runs: list[RunConfig], spec_text: str, rerun: bool,
+          out: SweepOutcome) -> _Plan:  # fmt: skip
+    """The experiment, what it has already, stale children marked KILLED, a new parent run."""
+    exp_id = tracker.experiment_id(spec.experiment_name)
+    out.experiment_id, out.url = exp_id, ui_url(exp_id)
+    keys = {cfg.run_key for cfg in runs}
+    finished = tracker.finished_keys(exp_id)
+    todo = [cfg for cfg in runs if rerun or cfg.run_key not in finished]
+    out.skipped = len(runs) - len(todo)
+    tracker.mark_stale(exp_id, keys)
+    parent = tracker.start_parent(exp_id, spec, spec_text, len(runs), out.skipped)
+    out.parent_run_id = parent
+    return _Plan(tracker, exp_id, parent, keys, finished, todo)
+
+
+def _log(plan: _Plan, result: RunResult, rerun: bool, out: SweepOutcome) -> None:
+    """One result into the store; with ``rerun``, its superseded child out of it."""
+    run_id = plan.tracker.log_child(plan.experiment_id, plan.parent, out.spec.name, result)
+    if result.steps is not None:
+        plan.losses[run_id] = result.steps[["step", "loss"]]
+    key = result.run_key
+    if rerun and result.status == "FINISHED" and key in plan.finished:
+        plan.tracker.client.delete_run(plan.finished[key])  # one FINISHED child per run_key
+    out.finished += result.status == "FINISHED"
+    out.failed += result.status != "FINISHED"
+    result.figures, result.layers, result.steps = {}, None, None  # logged; keep memory flat
+
+
+def _finish(plan: _Plan, status: str, out: SweepOutcome) -> None:
+    """The parent's summary.csv, figures and verdict counts (if the sweep finished), its status."""
+    t = time.perf_counter()
+    if status == "FINISHED":
+        out.table = plan.tracker.table(plan.experiment_id, plan.keys)
+        files = _comparison_figures(plan.tracker, out.table, plan.losses)
+        plan.tracker.finish_parent(plan.parent, out.table, files, status)
+    else:
+        plan.tracker.end_parent(plan.parent, status)
+    out.timings["finish_s"] = time.perf_counter() - t
+
+
+def _comparison_figures(
+    tracker: Tracker, table: pd.DataFrame, losses: dict[str, pd.DataFrame]
+) -> dict[str, bytes | str]:
+    """The parent's figures as PNG bytes: the verdict grid and loss curves by optimizer × clip.
+    ``losses``: the loss series this invocation logged (others, from earlier invocations, are
+    read back). A figure that fails becomes ``<name>.error.txt`` with its traceback."""
+    import io
+    import traceback
+
+    from bpdiag.sweep import figures
+    from bpdiag.sweep.compare import comparable, varying_axes
+
+    if table is None or table.empty:
+        return {}
+    makers = {"verdict_grid.png": lambda: figures.verdict_grid(table)}
+    axes = varying_axes(table)
+    if "optimizer" in axes or "clip" in axes:
+        subset = comparable(table, ["optimizer", "clip"])
+        makers["loss_curves.png"] = lambda: figures.loss_curves(subset, {
+            r: losses[r] if r in losses else tracker.loss_history(r) for r in subset["run_id"]
+        })  # fmt: skip
+    out: dict[str, bytes | str] = {}
+    for name, make in makers.items():
+        try:
+            buf = io.BytesIO()
+            make().savefig(buf, dpi=110, format="png")
+            out[name] = buf.getvalue()
+        except Exception:
+            out[f"{name}.error.txt"] = traceback.format_exc()
+    return out

@@ -1,0 +1,122 @@
+"""``execute(RunConfig) -> RunResult``: data → model → train → diagnose → figures, pure and
+picklable, so a Dask worker anywhere can run it without reaching the tracking store."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import pandas as pd
+
+from bpdiag.schema import TIMINGS
+from bpdiag.sweep.config import RunConfig
+
+
+@dataclass
+class RunResult:
+    """What a worker sends back to the driver (the one MLflow writer)."""
+
+    config: RunConfig
+    status: str  # "FINISHED" or "FAILED"
+    error: str | None = None  # traceback of a failed run
+    label: str | None = None  # the diagnosis
+    reason: str = ""
+    evidence: dict[str, float] = field(default_factory=dict)  # the diagnosis's numbers
+    summary: dict[str, float] = field(default_factory=dict)  # History.summary (evidence included)
+    steps: pd.DataFrame | None = None
+    layers: pd.DataFrame | None = None
+    figures: dict[str, bytes] = field(default_factory=dict)  # artifact name → PNG
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (schema.TIMINGS)
+    worker: str = ""
+    blas: str = ""  # the library the kernels' GEMMs ran in
+
+    @property
+    def run_key(self) -> str:
+        return self.config.run_key
+
+
+@lru_cache(maxsize=16)
+def _dataset(name: str, n_samples: int, seed: int):
+    from bpdiag import data
+
+    return data.load(name, n_samples=n_samples, seed=seed)
+
+
+@lru_cache(maxsize=1)
+def _figures():
+    """This process's figure renderer (it reuses its matplotlib objects run after run)."""
+    from bpdiag.diagnostics.figures import RunFigures
+
+    return RunFigures()
+
+
+def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
+    """Train one configuration and diagnose it; never raises (a failure is a FAILED result)."""
+    from bpdiag.diagnostics.figures import run_title
+    from bpdiag.model import MLP
+    from bpdiag.training import train
+
+    times: dict[str, float] = {}
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    start = time.perf_counter()
+    try:
+        ds = _dataset(cfg.dataset, cfg.n_samples, cfg.seed)
+        times["data_s"] = time.perf_counter() - start
+        sizes = [ds.n_features] + [cfg.width] * (cfg.depth - 1) + [ds.n_outputs]
+        net = MLP(sizes, activation=cfg.activation, loss=ds.loss, init=cfg.init, seed=cfg.seed,
+                  dtype=cfg.dtype)  # fmt: skip
+        t = time.perf_counter()
+        hist = train(
+            net, ds.X_train, ds.Y_train, optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps,
+            batch_size=cfg.batch_size, clip=cfg.clip, clip_value=cfg.clip_value,
+            record_every=cfg.record_every, seed=cfg.seed, eval_data=(ds.X_test, ds.Y_test),
+            threads=1, **cfg.optimizer_options(),  # one worker process per core: one thread each
+        )  # fmt: skip
+        times["train_call_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        diagnosis, summary = hist.diagnosis, hist.summary
+        times["diagnose_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        pngs = {}
+        if figures:
+            pngs = _figures().render(hist, f"{cfg.dataset} · {run_title(hist)}")
+        times["plots_s"] = time.perf_counter() - t
+        times["total_s"] = time.perf_counter() - start
+        return RunResult(
+            cfg, "FINISHED", label=diagnosis.label, reason=diagnosis.reason,
+            evidence=diagnosis.evidence, summary=summary, steps=hist.steps, layers=hist.layers,
+            figures=pngs, timings={k: times[k] for k in TIMINGS}, worker=worker, blas=hist.blas,
+        )  # fmt: skip
+    except Exception:
+        times["total_s"] = time.perf_counter() - start
+        return RunResult(cfg, "FAILED", error=traceback.format_exc(), timings=times, worker=worker)
+
+
+def warm_up() -> str:
+    """Import the heavy modules and load (on a fresh machine: compile) every kernel, with BLAS
+    single-threaded: one worker process per core. Returns the worker's name.
+
+    Workers on one machine share Numba's on-disk cache: the kernel part runs under a machine-wide
+    file lock, so the first worker compiles while the others wait and then load the cache,
+    instead of all compiling at once and racing on its files; the imports run in parallel.
+    """
+    import fcntl
+    import tempfile
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    import bpdiag.diagnostics.figures  # noqa: F401  (matplotlib), in parallel with other workers
+
+    _dataset("spirals", 32, 0)
+    tiny = {"depth": 3, "width": 4, "steps": 2, "record_every": 1, "n_samples": 32}
+    with open(os.path.join(tempfile.gettempdir(), "bpdiag-numba-cache.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for dtype in ("float32", "float64"):
+            execute(RunConfig(**tiny, dtype=dtype), figures=False)
+    execute(RunConfig(**tiny))  # figures too: matplotlib's fonts and caches, outside the lock
+    return f"{socket.gethostname()}:{os.getpid()}"

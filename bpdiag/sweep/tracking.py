@@ -1,0 +1,299 @@
+"""The one writer to MLflow: a parent run per sweep invocation, a nested child per RunConfig.
+
+What is written is declared in ``bpdiag.schema``:
+- params: every RunConfig field by name; tags ``schema.Tag``;
+- step metrics at the record cadence (``schema.STEP_SERIES`` with a key), per-layer series
+  downsampled to ``schema.LAYER_POINTS`` records (``schema.LAYER_SERIES`` with a key, as
+  ``<key>/layer_NN``), the run's summary once (``schema.SUMMARY``) and its timings;
+- artifacts: ``gradient_flow.png``, ``grad_norm_vs_depth.png``, ``layers.parquet`` (every
+  record of every layer series), ``config.yaml``, ``diagnosis.json``.
+
+A child is marked FINISHED only after everything above is written, so a FINISHED child is
+complete; resume skips exactly those run_keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from bpdiag.schema import (
+    LAYER_POINTS,
+    LAYER_SERIES,
+    STEP_SERIES,
+    SUMMARY_NAMES,
+    Tag,
+    timing_key,
+    verdict_count_key,
+)
+from bpdiag.sweep.config import RUN_FIELDS
+from bpdiag.sweep.execute import RunResult
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The store: ``uri``, else $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def ui_url(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The runs table of an experiment (MLflow 3 opens its GenAI view otherwise)."""
+    return f"http://{host}:{port}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def _version() -> str:
+    from bpdiag import __version__
+
+    return __version__
+
+
+def _loggable(value: float) -> bool:
+    """MLflow keeps ±inf (as ±1.8e308) but not NaN."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+class Tracker:
+    """MLflow access for sweeps. Only the driver holds one."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        import logging
+
+        from mlflow import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.uri = tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.log_seconds = 0.0  # time spent writing, for --timings
+
+    # ------------------------------------------------------------ reading
+
+    def experiment_id(self, name: str, create: bool = True) -> str | None:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        return (
+            self.client.create_experiment(name, tags={Tag.VERSION: _version()}) if create else None
+        )
+
+    def runs(self, experiment_id: str, filter_string: str = "") -> list:
+        """All runs matching the filter (every page)."""
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string, max_results=1000,
+                                           page_token=token)  # fmt: skip
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def children(self, experiment_id: str, status: str | None = None) -> list:
+        """Child runs (bpdiag's per-config runs), optionally only those with ``status``."""
+        filt = f"tags.`{Tag.ROLE}` = 'run'"
+        if status:
+            filt += f" and attributes.status = '{status}'"
+        return self.runs(experiment_id, filt)
+
+    def finished_keys(self, experiment_id: str) -> dict[str, str]:
+        """run_key → run_id of every FINISHED child."""
+        return {
+            r.data.tags[Tag.RUN_KEY]: r.info.run_id
+            for r in self.children(experiment_id, "FINISHED")
+        }
+
+    # ------------------------------------------------------------ writing
+
+    def _timed(self, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.log_seconds += time.perf_counter() - start
+
+    def mark_stale(self, experiment_id: str, run_keys: set[str]) -> int:
+        """Children of these run_keys left RUNNING by a killed sweep become KILLED."""
+        stale = [
+            r
+            for r in self.children(experiment_id, "RUNNING")
+            if r.data.tags.get(Tag.RUN_KEY) in run_keys
+        ]
+        for r in stale:
+            self.client.set_terminated(r.info.run_id, "KILLED")
+        return len(stale)
+
+    def start_parent(
+        self, experiment_id: str, spec, spec_text: str, n_runs: int, n_skipped: int
+    ) -> str:
+        from mlflow.entities import Param
+
+        tags = {Tag.SWEEP: spec.name, Tag.VERSION: _version(), Tag.ROLE: "sweep"}
+        run = self.client.create_run(experiment_id, tags=tags,
+                                     run_name=f"sweep {spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")  # fmt: skip
+        params = {"sweep": spec.name, "method": spec.method, "runs": n_runs, "skipped": n_skipped,
+                  "seeds": ",".join(map(str, spec.seeds)), "description": spec.description[:500]}  # fmt: skip
+        self._timed(self.client.log_batch, run.info.run_id,
+                    params=[Param(k, str(v)) for k, v in params.items()])  # fmt: skip
+        self._timed(self.client.log_text, run.info.run_id, spec_text, "sweep.yaml")
+        return run.info.run_id
+
+    def log_child(self, experiment_id: str, parent_id: str, sweep: str, result: RunResult) -> str:
+        """Write one run's params, tags, metrics and artifacts; then mark it FINISHED/FAILED."""
+        return self._timed(self._log_child, experiment_id, parent_id, sweep, result)
+
+    def _log_child(self, experiment_id: str, parent_id: str, sweep: str, result: RunResult) -> str:
+        from mlflow.entities import Param, RunTag
+
+        cfg = result.config
+        tags = {Tag.PARENT: parent_id, Tag.RUN_KEY: cfg.run_key, Tag.SWEEP: sweep, Tag.ROLE: "run",
+                Tag.VERSION: _version(), Tag.WORKER: result.worker}  # fmt: skip
+        if result.blas:
+            tags[Tag.BLAS] = result.blas
+        if result.label:
+            tags[Tag.DIAGNOSIS] = result.label
+            tags[Tag.REASON] = result.reason[:5000]
+        run_id = self.client.create_run(experiment_id, tags=tags, run_name=cfg.name).info.run_id
+        params = [Param(k, str(getattr(cfg, k))) for k in RUN_FIELDS]
+        metrics = self.metrics(result)
+        for i in range(0, max(len(metrics), 1), 1000):
+            self.client.log_batch(
+                run_id, metrics=metrics[i : i + 1000], params=params if i == 0 else ()
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+            if result.status == "FINISHED":
+                for name, png in result.figures.items():
+                    (folder / name).write_bytes(png)
+                result.layers.to_parquet(folder / "layers.parquet", index=False)
+                diagnosis = {
+                    "label": result.label,
+                    "reason": result.reason,
+                    "evidence": result.evidence,
+                }
+                (folder / "diagnosis.json").write_text(
+                    json.dumps(diagnosis, indent=2, default=float)
+                )
+            else:
+                (folder / "error.txt").write_text(result.error or "")
+                self.client.log_batch(
+                    run_id, tags=[RunTag(Tag.ERROR, (result.error or "")[-4000:])]
+                )
+            self.client.log_artifacts(run_id, tmp)
+        self.client.set_terminated(run_id, result.status)
+        return run_id
+
+    @staticmethod
+    def metrics(result: RunResult) -> list:
+        """Step series (at the record cadence), per-layer series (downsampled), the summary and
+        the timings, each under its ``bpdiag.schema`` key."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        out = []
+
+        def add(key: str, value: float, step: int = 0) -> None:
+            if _loggable(value):
+                out.append(Metric(key, float(value), now, int(step)))
+
+        if result.steps is not None:
+            clipping = result.config.clip != "none"
+            for series in STEP_SERIES:
+                if series.key and (clipping or not series.clipped_only):
+                    for step, value in zip(result.steps["step"], result.steps[series.column],
+                                           strict=True):  # fmt: skip
+                        add(series.key, value, step)
+            layers = result.layers
+            records = np.sort(layers["step"].unique())
+            picks = np.unique(np.linspace(0, len(records) - 1, LAYER_POINTS).round().astype(int))
+            kept = layers[layers["step"].isin(records[picks])]
+            depth = int(layers["layer"].max())
+            for series in LAYER_SERIES:
+                if series.key:
+                    for step, layer, value in zip(kept["step"], kept["layer"], kept[series.column],
+                                                  strict=True):  # fmt: skip
+                        add(series.layer_key(int(layer), depth), value, step)
+        for name, value in result.summary.items():
+            add(name, value)
+        for name, value in result.timings.items():
+            add(timing_key(name), value)
+        return out
+
+    def finish_parent(
+        self, parent_id: str, table: pd.DataFrame, files: dict[str, bytes | str],
+        status: str = "FINISHED",
+    ) -> None:  # fmt: skip
+        """summary.csv and the given files (name → PNG bytes or text) on the parent run, the
+        verdict counts, then its status."""
+        from mlflow.entities import Metric
+
+        def write() -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                table.to_csv(Path(tmp) / "summary.csv", index=False)
+                for name, content in files.items():
+                    path = Path(tmp) / name
+                    if isinstance(content, bytes):
+                        path.write_bytes(content)
+                    else:
+                        path.write_text(content)
+                self.client.log_artifacts(parent_id, tmp)
+            now = int(time.time() * 1000)
+            if "label" in table:
+                counts = table["label"].value_counts()
+                metrics = [
+                    Metric(verdict_count_key(k), float(v), now, 0) for k, v in counts.items()
+                ]
+                self.client.log_batch(parent_id, metrics=metrics)
+            self.client.set_terminated(parent_id, status)
+
+        self._timed(write)
+
+    def end_parent(self, parent_id: str, status: str) -> None:
+        self.client.set_terminated(parent_id, status)
+
+    # ------------------------------------------------------------ reading back
+
+    def table(self, experiment_id: str, run_keys: set[str] | None = None) -> pd.DataFrame:
+        """One row per FINISHED child: run_id, the RunConfig fields (typed), label, metrics."""
+        rows = []
+        for run in self.children(experiment_id, "FINISHED"):
+            tags = run.data.tags
+            if run_keys is not None and tags.get(Tag.RUN_KEY) not in run_keys:
+                continue
+            row = {
+                "run_id": run.info.run_id,
+                "run_key": tags.get(Tag.RUN_KEY),
+                "label": tags.get(Tag.DIAGNOSIS),
+            }
+            row.update(_config_of(run.data.params))
+            row.update({k: v for k, v in run.data.metrics.items() if k in SUMMARY_NAMES})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def loss_history(self, run_id: str) -> pd.DataFrame:
+        hist = self.client.get_metric_history(run_id, "loss")
+        return pd.DataFrame(
+            {"step": [m.step for m in hist], "loss": [m.value for m in hist]}
+        ).sort_values("step")
+
+
+def _config_of(params: dict[str, str]) -> dict[str, object]:
+    """MLflow params are strings: the RunConfig they came from, typed (raw strings if not one)."""
+    from pydantic import ValidationError
+
+    from bpdiag.sweep.config import RunConfig
+
+    try:
+        return RunConfig(**{k: None if v == "None" else v for k, v in params.items()}).model_dump()
+    except ValidationError:
+        return dict(params)

@@ -1,0 +1,69 @@
+"""Initializers: the variances of REFERENCE.md, orthogonality, determinism, name errors."""
+
+import numpy as np
+import pytest
+
+from bpdiag import MLP
+from bpdiag.choices.inits import get_init, init_weights
+
+N_OUT, N_IN = 300, 200
+VARIANCE = {
+    "xavier_normal": 2 / (N_IN + N_OUT),
+    "xavier_uniform": 2 / (N_IN + N_OUT),
+    "he_normal": 2 / N_IN,
+    "he_uniform": 2 / N_IN,
+    "lecun_normal": 1 / N_IN,
+    "lecun_uniform": 1 / N_IN,
+    "normal_0.05": 0.05**2,
+    "uniform_0.3": 0.3**2 / 3,
+    "orthogonal": 1 / N_IN,  # rows orthonormal (n_out > n_in: columns), entries' variance 1/n_out
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANCE))
+def test_variance(name):
+    W = get_init(name)(np.random.default_rng(0), N_OUT, N_IN)
+    expected = 1 / N_OUT if name == "orthogonal" else VARIANCE[name]
+    assert W.shape == (N_OUT, N_IN)
+    assert W.var() == pytest.approx(expected, rel=0.03)
+    assert abs(W.mean()) < 0.1 * np.sqrt(expected)
+
+
+@pytest.mark.parametrize("name", ["xavier_uniform", "he_uniform", "lecun_uniform", "uniform_0.3"])
+def test_uniform_bounds(name):
+    W = get_init(name)(np.random.default_rng(0), N_OUT, N_IN)
+    bound = np.sqrt(3 * VARIANCE[name])
+    assert np.abs(W).max() <= bound and np.abs(W).max() > 0.99 * bound
+
+
+@pytest.mark.parametrize("shape", [(50, 30), (30, 50), (40, 40)])
+def test_orthogonal(shape):
+    W = get_init("orthogonal")(np.random.default_rng(1), *shape)
+    small = min(shape)
+    gram = W.T @ W if shape[0] > shape[1] else W @ W.T
+    assert np.allclose(gram, np.eye(small), atol=1e-12)
+
+
+def test_same_seed_same_weights_in_both_dtypes():
+    a = MLP([3, 5, 2], init="he_normal", seed=11)
+    b = MLP([3, 5, 2], init="he_normal", seed=11, dtype="float32")
+    c = MLP([3, 5, 2], init="he_normal", seed=12)
+    assert np.array_equal(a.params[0][0], init_weights([3, 5, 2], "he_normal", 11)[0])
+    assert np.array_equal(a.params[0][0].astype(np.float32), b.params[0][0])
+    assert not np.array_equal(a.params[0][0], c.params[0][0])
+    assert not any(bias.any() for _, bias in a.params)
+
+
+def test_zeros():
+    assert not MLP([3, 4, 1], init="zeros").params[0][0].any()
+
+
+@pytest.mark.parametrize("bad", ["glorot", "normal_", "normal_-1", "uniform_x", "he"])
+def test_unknown_or_malformed_names(bad):
+    with pytest.raises(ValueError, match="init"):
+        get_init(bad)
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"xavier_normal.*normal_<std>"):
+        get_init("glorot")

@@ -1,0 +1,93 @@
+"""The kernels' matrix product: numpy's result for every transpose, into blocks of flat buffers,
+from either library, and one on-disk cache that serves both."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from bpdiag import blas
+from bpdiag._core.gemm import gemm
+
+blas.bind()  # before the first kernel that calls gemm runs
+
+
+@njit(cache=True)
+def _product(A, ta, B, tb, buf, off):
+    """op(A) op(B) into the block of ``buf`` at ``off``, as the kernels write their products."""
+    m = A.shape[1] if ta else A.shape[0]
+    n = B.shape[0] if tb else B.shape[1]
+    C = buf[off : off + m * n].reshape((m, n))
+    gemm(A, ta, B, tb, C)
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 40), n=st.integers(1, 40), ta=st.booleans(),
+       tb=st.booleans(), dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 99))  # fmt: skip
+def test_gemm_is_the_matrix_product(m, k, n, ta, tb, dtype, seed):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
+    B = rng.normal(size=(n, k) if tb else (k, n)).astype(dtype)
+    buf = np.full(m * n + 10, 7.0, dtype)
+    _product(A, ta, B, tb, buf, 5)
+    want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(buf[5:-5].reshape(m, n), want, rtol=tol, atol=tol * np.sqrt(k))
+    assert np.all(buf[:5] == 7.0) and np.all(buf[-5:] == 7.0)  # the block's neighbours untouched
+
+
+SCRIPT = textwrap.dedent("""
+    import json, numpy as np
+    from numba import njit
+    from bpdiag import blas
+    from bpdiag._core.gemm import gemm
+
+    library = blas.bind()
+
+    @njit(cache=True)
+    def product(A, ta, B, tb, C):
+        gemm(A, ta, B, tb, C)
+
+    rng, error = np.random.default_rng(0), 0.0
+    for dtype in ("float32", "float64"):
+        for m, k, n in ((30, 20, 10), (1, 7, 5), (64, 128, 33)):
+            for ta in (False, True):
+                for tb in (False, True):
+                    A = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
+                    B = rng.normal(size=(n, k) if tb else (k, n)).astype(dtype)
+                    C = np.empty((m, n), dtype)
+                    product(A, ta, B, tb, C)
+                    want = (A.T if ta else A).astype(float) @ (B.T if tb else B).astype(float)
+                    tol = 1e-13 if dtype == "float64" else 1e-5
+                    error = max(error, float(np.abs(C - want).max() / (tol * np.sqrt(k))))
+    print(json.dumps({"backend": library.backend, "error": error,
+                      "hits": sum(product.stats.cache_hits.values())}))
+""")
+
+
+def _run(tmp_path, backend):
+    script = tmp_path / "product.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "BPDIAG_BLAS": backend, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.mark.skipif(blas._mkl_library() is None, reason="mkl is not installed")
+def test_one_cache_serves_either_library(tmp_path):
+    """MKL's product is numpy's for every transpose and dtype (errors in units of the tolerance),
+    and compiled code names the symbol, not a library's address: a kernel cached by a process
+    that chose one library runs right in a process that chose the other."""
+    first = _run(tmp_path, "mkl")
+    second = _run(tmp_path, "openblas")
+    assert (first["backend"], second["backend"]) == ("mkl", "openblas")
+    assert first["hits"] == 0 and second["hits"] > 0
+    assert first["error"] < 1 and second["error"] < 1

@@ -1,0 +1,94 @@
+"""The multi-threaded step: the same training as on one thread, its pieces, and its switches."""
+
+import importlib
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from problems import make_problem
+from threadpoolctl import threadpool_info
+
+from bpdiag import MLP, train
+from bpdiag._core.parallel import pieces
+from bpdiag._core.structs import make_net, n_params
+
+train_module = importlib.import_module("bpdiag.training")
+two_threads = pytest.mark.skipif(
+    numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads"
+)
+
+CASES = [  # activation, loss, optimizer, its options, clip, clip value
+    ("tanh", "bce", "adam", {}, "norm", 0.1),
+    ("relu", "ce", "sgd", {"momentum": 0.9, "nesterov": True}, "value", 0.02),
+    ("sigmoid", "mse", "rmsprop", {"centered": True, "momentum": 0.5}, "layer", 0.08),
+    ("gelu", "bce", "adamw", {"weight_decay": 0.1}, "agc", 0.05),
+    ("elu", "mse", "sgd", {}, "none", None),
+]
+
+
+@given(widths=st.lists(st.integers(1, 70), min_size=2, max_size=6), size=st.integers(1, 300))
+def test_pieces_cover_theta_once_in_order(widths, size):
+    lay = make_net(widths, 0, 0, 0)
+    lo, hi, seg = pieces(lay, size)
+    assert lo[0] == 0 and hi[-1] == n_params(lay)
+    assert np.all(lo[1:] == hi[:-1]) and np.all(hi > lo)
+    for k in range(len(widths) - 1):
+        w = seg == 2 * k
+        assert lo[w][0] == lay.w_off[k] and hi[w][-1] == lay.b_off[k]
+        assert np.all(hi[w] - lo[w] <= size)
+        assert lo[seg == 2 * k + 1][0] == lay.b_off[k]
+
+
+@two_threads
+@pytest.mark.parametrize(("activation", "loss", "optimizer", "options", "clip", "c"), CASES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_two_threads_train_as_one(activation, loss, optimizer, options, clip, c, dtype):
+    """The same training to rounding: BLAS may round a block of rows differently from the whole
+    batch, and records add their pieces in another order. 37 rows in batches of 12 end each
+    epoch with a single row, which the forward pass splits into an empty block and a full one."""
+    X, Y = make_problem(loss, m=37, n_in=9, n_out=3, seed=1)
+    runs = []
+    for threads in (1, 2):
+        net = MLP([9, 40, 33, 3], activation=activation, loss=loss, seed=3, dtype=dtype)
+        hist = train(net, X, Y, optimizer=optimizer, lr=0.02, steps=25, batch_size=12, clip=clip,
+                     clip_value=c, record_every=1, threads=threads, **options)  # fmt: skip
+        runs.append((net, hist))
+    (one, h1), (two, h2) = runs
+    # float32: 25 steps of centered RMSprop amplify an ulp to ~1e-5 (as in any float32 run)
+    rtol, atol = (1e-11, 1e-14) if dtype == "float64" else (1e-3, 1e-5)
+    np.testing.assert_allclose(two.theta, one.theta, rtol=rtol, atol=atol)
+    for a, b in ((h1.steps, h2.steps), (h1.layers, h2.layers)):
+        np.testing.assert_allclose(b.to_numpy(float), a.to_numpy(float), rtol=rtol, atol=atol)
+
+
+@two_threads
+def test_threads_and_blas_are_restored_after_training():
+    X, Y = make_problem("bce", m=16)
+    numba_before, blas_before = numba.get_num_threads(), threadpool_info()
+    train(MLP([5, 8, 3]), X, Y, steps=3, threads=2)
+    assert numba.get_num_threads() == numba_before
+    assert threadpool_info() == blas_before
+
+
+def test_threads_default_by_layer_size():
+    small, medium = MLP([32] + [64] * 9 + [1]), MLP([64] + [128] * 19 + [1])
+    huge = MLP([512] + [1024] * 7 + [1])
+    assert train_module._threads(None, small, 64) == 1  # 2^18 multiply-adds a layer
+    assert train_module._threads(None, medium, 128) == numba.get_num_threads()  # ≈ 2^21
+    assert train_module._threads(None, huge, 512) == numba.get_num_threads()  # ≈ 2^29
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_threads_are_refused(bad):
+    X, Y = make_problem("bce", m=8)
+    with pytest.raises(ValueError, match="threads must be None or a positive integer"):
+        train(MLP([5, 4, 3]), X, Y, steps=1, threads=bad)
+
+
+def test_more_threads_than_numba_has_are_refused():
+    X, Y = make_problem("bce", m=8)
+    too_many = numba.config.NUMBA_NUM_THREADS + 1
+    with pytest.raises(ValueError, match=f"at most {too_many - 1}"):
+        train(MLP([5, 4, 3]), X, Y, steps=1, threads=too_many)

@@ -1,0 +1,88 @@
+"""The record schema is the one declaration: History's columns, the summary, the evidence and
+the MLflow keys all come from it, and no number is logged under two names."""
+
+import numpy as np
+import pytest
+from problems import make_problem
+
+from bpdiag import MLP, schema, train
+from bpdiag._core import slots
+
+
+@pytest.fixture(scope="module")
+def history():
+    X, Y = make_problem("bce", m=24, n_out=1)
+    net = MLP([5, 8, 8, 1], activation="tanh", seed=1)
+    return train(net, X, Y, steps=12, record_every=4, clip="norm", clip_value=0.5,
+                 eval_data=(X, Y))  # fmt: skip
+
+
+def test_every_slot_is_declared_once_in_slot_order():
+    assert [s.column for s in schema.STEP_SERIES] == list(slots.STEP_SLOTS)
+    assert [s.column for s in schema.LAYER_SERIES] == list(slots.LAYER_SLOTS)
+    with pytest.raises(ValueError, match="each slot once"):
+        schema._series(("a", "b"), schema.Series("a", None, ""))
+    with pytest.raises(ValueError, match="each slot once"):
+        schema._series(("a",), schema.Series("a", None, ""), schema.Series("a", "k", ""))
+
+
+def test_history_columns_are_the_schema(history):
+    assert list(history.steps.columns) == [s.column for s in schema.STEP_SERIES]
+    assert list(history.layers.columns) == ["step", "layer"] + [
+        s.column for s in schema.LAYER_SERIES
+    ]
+
+
+def test_summary_and_evidence_are_the_schema(history):
+    assert list(history.summary) == list(schema.SUMMARY_NAMES)
+    assert list(history.diagnosis.evidence) == list(schema.EVIDENCE_NAMES)
+    for name, value in history.diagnosis.evidence.items():  # one number, one name
+        assert history.summary[name] == value or (
+            np.isnan(value) and np.isnan(history.summary[name])
+        )
+
+
+def test_without_eval_data_the_test_metrics_are_absent():
+    X, Y = make_problem("bce", m=8, n_out=1)
+    hist = train(MLP([5, 4, 1]), X, Y, steps=2)
+    assert set(schema.SUMMARY_NAMES) - set(hist.summary) == {"test_loss", "test_accuracy"}
+
+
+def test_mlflow_keys_are_unique_and_every_logged_key_is_declared(history):
+    from bpdiag.sweep.config import RunConfig
+    from bpdiag.sweep.execute import RunResult
+    from bpdiag.sweep.tracking import Tracker
+
+    keys = [s.key for s in schema.STEP_SERIES if s.key] + list(schema.SUMMARY_NAMES)
+    keys += [schema.timing_key(t) for t in schema.TIMINGS]
+    prefixes = [s.key for s in schema.LAYER_SERIES if s.key]
+    assert len(keys) == len(set(keys)) and len(prefixes) == len(set(prefixes))
+    assert not [k for k in keys for p in prefixes if k.startswith(f"{p}/layer_")]
+
+    d = history.diagnosis
+    result = RunResult(RunConfig(depth=3, width=8, clip="norm", clip_value=0.5), "FINISHED",
+                       label=d.label, reason=d.reason, evidence=d.evidence,
+                       summary=history.summary, steps=history.steps, layers=history.layers,
+                       timings={t: 1.0 for t in schema.TIMINGS})  # fmt: skip
+    logged = [m.key for m in Tracker.metrics(result)]
+    layer_keys = {
+        s.layer_key(layer, 3) for s in schema.LAYER_SERIES if s.key for layer in (1, 2, 3)
+    }
+    assert set(logged) <= set(keys) | layer_keys
+    once = [k for k in logged if k in schema.SUMMARY_NAMES]
+    finite = [k for k, v in history.summary.items() if not np.isnan(v)]  # MLflow keeps no NaN
+    assert sorted(once) == sorted(finite)  # each summary number once, under its one name
+    step_keys = {s.key for s in schema.STEP_SERIES if s.key}
+    assert step_keys <= set(logged)  # clipping is on: its two series are logged too
+    unclipped = RunResult(RunConfig(depth=3, width=8), "FINISHED", summary={},
+                          steps=history.steps, layers=history.layers)  # fmt: skip
+    dropped = {s.key for s in schema.STEP_SERIES if s.clipped_only}
+    assert not dropped & {m.key for m in Tracker.metrics(unclipped)}
+
+
+def test_layer_keys_sort_by_layer():
+    series = schema.LAYER_SERIES[0]
+    assert series.layer_key(7, 30) == "grad_norm/layer_07"
+    assert series.layer_key(7, 120) == "grad_norm/layer_007"
+    keys = [series.layer_key(layer, 120) for layer in range(1, 121)]
+    assert keys == sorted(keys)
