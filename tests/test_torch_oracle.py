@@ -6,6 +6,7 @@ import reference as ref
 from problems import ACTIVATION_NAMES, LOSS_NAMES, make_problem
 
 from bpdiag import MLP, train
+from bpdiag.choices.optim import OPTIMIZERS
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -66,7 +67,7 @@ def test_loss_and_grads_match_pytorch(activation, loss):
 
 
 @pytest.mark.parametrize("clip", ["none", "value", "norm", "layer"])
-@pytest.mark.parametrize("optimizer", list(TORCH_OPT))
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))  # every registered one
 def test_training_matches_pytorch(optimizer, clip):
     c = {"none": None, "value": 0.02, "norm": 0.1, "layer": 0.08}[clip]
     lr = 0.1 if optimizer == "sgd" else 0.01

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from problems import make_problem
 
 from bpdiag import MLP, train
+from bpdiag.choices.clipping import CLIPPING
+from bpdiag.choices.optim import OPTIMIZERS as REGISTERED_OPTIMIZERS
 from bpdiag.training import BatchSampler
 
 OPTIMIZERS = {
@@ -32,6 +34,11 @@ def _setup(loss="bce", activation="tanh"):
     net = MLP([5, 8, 6, 3], activation=activation, loss=loss, init="xavier_normal", seed=2)
     X, Y = make_problem(loss, m=16)
     return net, X, Y
+
+
+def test_the_cases_cover_every_registered_optimizer_and_clipping_mode():
+    assert {key.split("+")[0] for key in OPTIMIZERS} == set(REGISTERED_OPTIMIZERS)
+    assert set(CLIPS) == set(CLIPPING)
 
 
 @pytest.mark.parametrize("clip", list(CLIPS))

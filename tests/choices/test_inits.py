@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bpdiag import MLP
-from bpdiag.choices.inits import get_init, init_weights
+from bpdiag.choices.inits import INITS, PATTERNS, get_init, init_weights
 
 N_OUT, N_IN = 300, 200
 VARIANCE = {
@@ -18,6 +18,11 @@ VARIANCE = {
     "uniform_0.3": 0.3**2 / 3,
     "orthogonal": 1 / N_IN,  # rows orthonormal (n_out > n_in: columns), entries' variance 1/n_out
 }
+
+
+def test_every_registered_init_has_a_variance_case():
+    assert set(INITS) - {"zeros"} <= set(VARIANCE)
+    assert {name.split("_")[0] + "_" for name in VARIANCE if name[-1].isdigit()} == set(PATTERNS)
 
 
 @pytest.mark.parametrize("name", list(VARIANCE))
