@@ -151,34 +151,34 @@ def times_dphi(code, Z, A, D, db):
                 d = D[i, j] if A[i, j] > zero else zero
                 D[i, j] = d
                 db[j] += d
-                s += float(d) * float(d)
+                s += np.float64(d) * np.float64(d)
     elif code == TANH:
         for i in range(mb):
             for j in range(n):
                 d = D[i, j] * (one - A[i, j] * A[i, j])
                 D[i, j] = d
                 db[j] += d
-                s += float(d) * float(d)
+                s += np.float64(d) * np.float64(d)
     elif code == SIGMOID:
         for i in range(mb):
             for j in range(n):
                 d = D[i, j] * (A[i, j] * (one - A[i, j]))
                 D[i, j] = d
                 db[j] += d
-                s += float(d) * float(d)
+                s += np.float64(d) * np.float64(d)
     elif code == LINEAR:
         for i in range(mb):
             for j in range(n):
                 d = D[i, j]
                 db[j] += d
-                s += float(d) * float(d)
+                s += np.float64(d) * np.float64(d)
     else:
         for i in range(mb):
             for j in range(n):
                 d = D[i, j] * dphi(code, Z[i, j], A[i, j])
                 D[i, j] = d
                 db[j] += d
-                s += float(d) * float(d)
+                s += np.float64(d) * np.float64(d)
     return s
 
 

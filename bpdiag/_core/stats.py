@@ -58,22 +58,22 @@ def activation_sums(code, Z, A, st, zmax):
     if code == TANH:
         for i in range(flat.size):
             a = flat[i]
-            s += float(a)
-            s2 += float(a) * float(a)
+            s += np.float64(a)
+            s2 += np.float64(a) * np.float64(a)
             sat += 1.0 if abs(a) > 0.99 else 0.0
     elif code == SIGMOID:
         for i in range(flat.size):
             a = flat[i]
-            s += float(a)
-            s2 += float(a) * float(a)
+            s += np.float64(a)
+            s2 += np.float64(a) * np.float64(a)
             sat += 1.0 if (a < 0.01) | (a > 0.99) else 0.0
     else:
         zmax[:n] = -np.inf
         for i in range(mb):
             for j in range(n):
                 a = A[i, j]
-                s += float(a)
-                s2 += float(a) * float(a)
+                s += np.float64(a)
+                s2 += np.float64(a) * np.float64(a)
                 zmax[j] = max(zmax[j], Z[i, j])
     st[T_ACT_SUM] = s
     st[T_ACT_SQ] = s2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 from bpdiag._core.codes import (
@@ -79,9 +80,9 @@ def _sgd(th, gr, cf, lr, wd):
         old = th[p]
         gc = gr[p] * cf
         th[p] = old - lr * (gc + wd * old)
-        dsq += (float(th[p]) - float(old)) ** 2
-        wsq += float(old) * float(old)
-        gsq += float(gc) * float(gc)
+        dsq += (np.float64(th[p]) - np.float64(old)) ** 2
+        wsq += np.float64(old) * np.float64(old)
+        gsq += np.float64(gc) * np.float64(gc)
     return dsq, wsq, gsq
 
 
@@ -98,9 +99,9 @@ def _momentum(th, gr, s0, cf, lr, wd, mu, undamped, nesterov, first):
         s0[p] = buf
         g = g + mu * buf if nesterov else buf
         th[p] = old - lr * g
-        dsq += (float(th[p]) - float(old)) ** 2
-        wsq += float(old) * float(old)
-        gsq += float(gc) * float(gc)
+        dsq += (np.float64(th[p]) - np.float64(old)) ** 2
+        wsq += np.float64(old) * np.float64(old)
+        gsq += np.float64(gc) * np.float64(gc)
     return dsq, wsq, gsq
 
 
@@ -120,9 +121,9 @@ def _adam(th, gr, s0, s1, cf, l2, one_b1, b2, one_b2, eps, decay, step_size, bc2
         s0[p] = m
         s1[p] = v
         th[p] = old * decay - step_size * m / (math.sqrt(v) / bc2_sqrt + eps)
-        dsq += (float(th[p]) - float(old)) ** 2
-        wsq += float(old) * float(old)
-        gsq += float(gc) * float(gc)
+        dsq += (np.float64(th[p]) - np.float64(old)) ** 2
+        wsq += np.float64(old) * np.float64(old)
+        gsq += np.float64(gc) * np.float64(gc)
     return dsq, wsq, gsq
 
 
@@ -140,9 +141,9 @@ def _rmsprop_plain(th, gr, s1, cf, lr, wd, alpha, one_alpha, eps, zero, first):
         v = (zero if first else s1[p]) * alpha + one_alpha * g * g
         s1[p] = v
         th[p] = old - lr * g / (math.sqrt(v) + eps)
-        dsq += (float(th[p]) - float(old)) ** 2
-        wsq += float(old) * float(old)
-        gsq += float(gc) * float(gc)
+        dsq += (np.float64(th[p]) - np.float64(old)) ** 2
+        wsq += np.float64(old) * np.float64(old)
+        gsq += np.float64(gc) * np.float64(gc)
     return dsq, wsq, gsq
 
 
@@ -170,9 +171,9 @@ def _rmsprop(th, gr, s0, s1, s2, cf, lr, wd, mu, alpha, one_alpha, eps, centered
             th[p] = old - lr * buf
         else:
             th[p] = old - lr * g / avg
-        dsq += (float(th[p]) - float(old)) ** 2
-        wsq += float(old) * float(old)
-        gsq += float(gc) * float(gc)
+        dsq += (np.float64(th[p]) - np.float64(old)) ** 2
+        wsq += np.float64(old) * np.float64(old)
+        gsq += np.float64(gc) * np.float64(gc)
     return dsq, wsq, gsq
 
 

@@ -175,7 +175,7 @@ def sumsq(x, lo, hi):
     v = x[lo:hi]
     s = 0.0
     for p in range(v.size):
-        s += float(v[p]) * float(v[p])
+        s += np.float64(v[p]) * np.float64(v[p])
     return s
 
 

@@ -103,3 +103,20 @@ def test_nan_guard_hook_switches_the_kernel_guard():
     Xb, Yb = make_problem("bce", m=16, n_out=1)
     early = train(net, Xb, Yb, steps=10_000, lr=0.05, hooks=[EarlyStop(0.6)])
     assert early.stopped_by == "EarlyStop" and early.steps_done < 10_000
+
+
+def test_float32_norms_of_tiny_gradients_are_taken_in_float64():
+    """A float32 gradient of ~1e-24 has a norm of ~1e-24: its squares (~1e-48) are below
+    float32's range, so they are taken in float64, as the records promise."""
+    net = MLP([5, 16, 16, 1], activation="tanh", loss="mse", dtype="float32", seed=0)
+    params = net.params
+    params[-1] = (params[-1][0] * np.float32(1e-24), params[-1][1])
+    net.set_params(params)
+    X, Y = make_problem("mse", m=8, n_out=1)
+    _, grads = net.loss_and_grads(X, Y)
+    hist = train(net, X, Y, optimizer="sgd", lr=1e-3, steps=1, batch_size=None)
+    layers = hist.layers.query("step == 0")
+    want = [np.linalg.norm(dW.astype(np.float64)) for dW, _ in grads]
+    assert 1e-26 < want[0] < 1e-22
+    assert layers["grad_norm_W"].to_numpy() == pytest.approx(want, rel=1e-6)
+    assert np.all(layers["delta_rms"].to_numpy()[:2] > 1e-26)
