@@ -309,6 +309,37 @@ def machine() -> dict[str, object]:
     }  # fmt: skip
 
 
+def markdown(result: dict) -> str:
+    """A saved run as the Markdown of docs/performance.md: the machine, the table, the rest."""
+    m, g = result["machine"], result["gemm_gflops"]
+    lines = [
+        f"Run of {result['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
+        f"NumPy {m['numpy']}, Numba {m['numba']}, PyTorch {m['torch']}; bpdiag's GEMMs in "
+        f"{m['kernel_gemm']}; NumPy's GEMM in the same run: sgemm {g['float32']:.0f} GFLOP/s, "
+        f"dgemm {g['float64']:.0f} GFLOP/s.",
+        "",
+        "| case | bpdiag ms | PyTorch ms | NumPy ms | PyTorch / bpdiag | GFLOP/s | of GEMM |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["steps"]:
+        lines.append(f"| {r['config']} {r['activation']} {r['dtype']} | {r['bpdiag_ms']:.3f} | "
+                     f"{r['torch_ms']:.3f} | {r['numpy_ms']:.3f} | {r['speedup_vs_torch']:.2f}× | "
+                     f"{r['gflops']:.0f} | {r['fraction_of_gemm']:.0%} |")  # fmt: skip
+    lines.append("")
+    for dtype, cost in result.get("recording_overhead", {}).items():
+        lines.append(f"- Recording every step, M tanh {dtype}: {cost:+.1%} a step.")
+    if "compile" in result:
+        c = result["compile"]
+        lines.append(f"- Compiling everything into an empty cache: {c['cold_total_s']:.1f} s; "
+                     f"from import to the first step with the cache warm: "
+                     f"{c['warm_first_step_s']:.2f} s.")  # fmt: skip
+    if "sweep" in result:
+        sw = result["sweep"]
+        lines.append(f"- The default sweep: {sw['runs']} runs in {sw['wall_s']:.0f} s "
+                     f"({sw['runs_per_minute']:.1f} runs a minute).")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--configs", default="S,M,L,XL")
@@ -319,7 +350,11 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time runs")
     ap.add_argument("--no-sweep", action="store_true", help="skip timing sweeps/default.yaml")
     ap.add_argument("--out", default="bench-results/bench.json")
+    ap.add_argument("--markdown", metavar="JSON", help="print a saved run as Markdown and exit")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return
     torch_ok = have_torch()
     if not torch_ok:
         print("note: PyTorch not installed (pip install -e '.[bench]'); its column is skipped")
