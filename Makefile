@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bpdiag tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,8 +1,9 @@
 """One training step — forward, backward, per-layer gradient norms, clip_grad_norm_, Adam — timed
 for bpdiag, PyTorch CPU (if installed) and plain NumPy, interleaved in one process.
 
-    python benchmarks/bench.py                      # everything (≈ 5 min)
+    python benchmarks/bench.py                      # everything (about 20 minutes)
     python benchmarks/bench.py --configs S,M --acts tanh --dtypes float32 --no-compile
+    python benchmarks/bench.py --baseline ../old   # and another checkout's bpdiag beside this one
 
 Prints the best of 7 interleaved rounds per implementation and the ratios (PyTorch / bpdiag): on
 a shared machine slow phases last seconds to minutes, and the best round is the one nearest the
@@ -86,6 +87,56 @@ class Bpdiag:
                             batch_size=None, clip="norm", clip_value=1.0,
                             record_every=self.record_every)  # fmt: skip
         return hist.train_seconds / n
+
+
+BASELINE_SERVER = """
+import sys
+try:
+    import torch  # as in this script: before bpdiag's first kernel
+except ImportError:
+    pass
+import numpy as np
+import bpdiag
+cfg, act, dtype = sys.argv[1:4]
+sizes = [int(n) for n in sys.argv[4].split(",")]
+batch, n_in = int(sys.argv[5]), int(sys.argv[6])
+rng = np.random.default_rng(0)
+X = rng.normal(size=(batch, n_in)).astype(dtype)
+Y = (rng.uniform(size=(batch, 1)) > 0.5).astype(dtype)
+net = bpdiag.MLP(sizes, activation=act, loss="bce", init="xavier_normal", dtype=dtype)
+for line in sys.stdin:
+    n = int(line)
+    hist = bpdiag.train(net, X, Y, optimizer="adam", lr=1e-4, steps=n, batch_size=None,
+                        clip="norm", clip_value=1.0, record_every=1)
+    print(hist.train_seconds / n, flush=True)
+"""
+
+
+class Baseline:
+    """bpdiag's step from another checkout (``--baseline DIR``), in a child process that
+    waits on a pipe between runs, so that it interleaves with the others like any peer."""
+
+    name = "baseline"
+
+    def __init__(self, root, cfg, act, dtype):
+        _, _, batch, n_in = CONFIGS[cfg]
+        args = [cfg, act, dtype, ",".join(map(str, sizes_of(cfg))), str(batch), str(n_in)]
+        env = {**os.environ, "PYTHONPATH": str(Path(root).resolve())}
+        self.proc = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER, *args], env=env,
+                                     cwd=tempfile.gettempdir(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+    def run(self, n: int) -> float:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the baseline's process ended; see its error above")
+        return float(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 class Torch:
@@ -318,13 +369,18 @@ def markdown(result: dict) -> str:
         f"{m['kernel_gemm']}; NumPy's GEMM in the same run: sgemm {g['float32']:.0f} GFLOP/s, "
         f"dgemm {g['float64']:.0f} GFLOP/s.",
         "",
-        "| case | bpdiag ms | PyTorch ms | NumPy ms | PyTorch / bpdiag | GFLOP/s | of GEMM |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    base = all("baseline_ms" in r for r in result["steps"])
+    lines.append("| case | bpdiag ms | PyTorch ms | NumPy ms | PyTorch / bpdiag | GFLOP/s | of GEMM |"
+                 + (" baseline ms | bpdiag / baseline |" if base else ""))  # fmt: skip
+    lines.append(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if base else "")
+    )
     for r in result["steps"]:
         lines.append(f"| {r['config']} {r['activation']} {r['dtype']} | {r['bpdiag_ms']:.3f} | "
                      f"{r['torch_ms']:.3f} | {r['numpy_ms']:.3f} | {r['speedup_vs_torch']:.2f}× | "
-                     f"{r['gflops']:.0f} | {r['fraction_of_gemm']:.0%} |")  # fmt: skip
+                     f"{r['gflops']:.0f} | {r['fraction_of_gemm']:.0%} |"
+                     + (f" {r['baseline_ms']:.3f} | {r['vs_baseline']:.3f} |" if base else ""))  # fmt: skip
     lines.append("")
     for dtype, cost in result.get("recording_overhead", {}).items():
         lines.append(f"- Recording every step, M tanh {dtype}: {cost:+.1%} a step.")
@@ -351,6 +407,8 @@ def main() -> None:
     ap.add_argument("--no-sweep", action="store_true", help="skip timing sweeps/default.yaml")
     ap.add_argument("--out", default="bench-results/bench.json")
     ap.add_argument("--markdown", metavar="JSON", help="print a saved run as Markdown and exit")
+    ap.add_argument("--baseline", metavar="DIR", help="also time the bpdiag of this checkout "
+                    "(e.g. a git worktree of an older commit), interleaved with the rest")  # fmt: skip
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())))
@@ -364,14 +422,18 @@ def main() -> None:
     print(f"numpy GEMM (512×1024 @ 1024×1024): sgemm {result['gemm_gflops']['float32']:.0f} "
           f"GFLOP/s, dgemm {result['gemm_gflops']['float64']:.0f} GFLOP/s")  # fmt: skip
     header = f"{'case':24s} {'bpdiag ms':>10s} {'torch ms':>10s} {'numpy ms':>10s} {'torch/bp':>9s} {'np/bp':>7s} {'GFLOP/s':>8s} {'of gemm':>8s}"
-    print(header)
+    print(header + (f" {'base ms':>9s} {'bp/base':>8s}" if args.baseline else ""))
     for cfg in args.configs.split(","):
         for act in args.acts.split(","):
             for dtype in args.dtypes.split(","):
                 impls = [Bpdiag(cfg, act, dtype)]
                 impls += [Torch(cfg, act, dtype, th) for th in (1, 2)] if torch_ok else []
                 impls += [] if args.no_numpy else [Numpy(cfg, act, dtype)]
+                impls += [Baseline(args.baseline, cfg, act, dtype)] if args.baseline else []
                 med = interleaved(impls, args.seconds, best=True)
+                for impl in impls:
+                    if isinstance(impl, Baseline):
+                        impl.close()
                 bp = med[impls[0]]
                 th = min((t for i, t in med.items() if i.name == "pytorch"), default=float("nan"))
                 npy = next((t for i, t in med.items() if i.name == "numpy"), float("nan"))
@@ -380,10 +442,15 @@ def main() -> None:
                        "torch_ms": th * 1e3, "numpy_ms": npy * 1e3, "speedup_vs_torch": th / bp,
                        "speedup_vs_numpy": npy / bp, "gflops": gflops,
                        "fraction_of_gemm": gflops / result["gemm_gflops"][dtype]}  # fmt: skip
+                base = next((t for i, t in med.items() if i.name == "baseline"), None)
+                extra = ""
+                if base is not None:
+                    row.update(baseline_ms=base * 1e3, vs_baseline=bp / base)
+                    extra = f" {base * 1e3:9.3f} {bp / base:8.3f}"
                 result["steps"].append(row)
                 print(f"{cfg + ' ' + act + ' ' + dtype:24s} {bp * 1e3:10.3f} {th * 1e3:10.3f} "
                       f"{npy * 1e3:10.3f} {th / bp:9.2f} {npy / bp:7.2f} {gflops:8.1f} "
-                      f"{row['fraction_of_gemm']:8.0%}", flush=True)  # fmt: skip
+                      f"{row['fraction_of_gemm']:8.0%}{extra}", flush=True)  # fmt: skip
     overhead = {}
     for dtype in args.dtypes.split(","):
         on = Bpdiag("M", "tanh", dtype, 1)
