@@ -7,18 +7,31 @@ from collections.abc import Sequence
 import numpy as np
 
 from bpdiag import blas
-from bpdiag._core.backward import loss_and_grads
-from bpdiag._core.codes import BCE, CE, LINEAR
-from bpdiag._core.forward import forward
-from bpdiag._core.structs import Net, make_buffers, make_net, n_params
+from bpdiag._core.codes import BATCHNORM, BCE, CE, LINEAR, NO_CLIP, SGD, TASK_EVAL, TASK_GRADS
+from bpdiag._core.loop import train_steps
+from bpdiag._core.slots import LAYER_SLOTS, S_ACC, S_LOSS, STEP_SLOTS
+from bpdiag._core.structs import (
+    Buffers,
+    Feed,
+    Hyper,
+    Net,
+    Records,
+    Setup,
+    make_buffers,
+    make_net,
+    n_params,
+    n_running,
+)
 from bpdiag.choices.activations import activation_code
 from bpdiag.choices.defaults import DEFAULTS
 from bpdiag.choices.inits import init_weights
 from bpdiag.choices.losses import OUTPUT_ACTIVATION, loss_code
+from bpdiag.choices.norms import norm_code
+from bpdiag.choices.norms import residual_scale as residual_scale_of
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
-Params = list[tuple[np.ndarray, np.ndarray]]
+Params = list[tuple[np.ndarray, ...]]  # per layer (W, b), or (W, b, γ, β) where normalized
 
 
 def resolve_dtype(dtype: object) -> np.dtype:
@@ -68,6 +81,12 @@ class MLP:
 
     ``sizes = [n_in, h_1, ..., n_out]``; ``activation`` acts on hidden layers, the output activation
     follows from ``loss`` (bce: sigmoid, ce: softmax, mse: ``output_activation`` or linear).
+
+    ``norm`` ("batchnorm", "layernorm") normalizes each hidden layer's pre-activation before φ,
+    with a learnable scale γ (init 1) and shift β (init 0): a_l = φ(γ ⊙ norm(z_l) + β). With
+    ``residual``, every hidden layer l ≥ 2 whose input and output widths match adds its input:
+    a_l = a_{l−1} + α·φ(γ ⊙ norm(z_l) + β), α = ``residual_scale`` (or "inv_sqrt_depth",
+    1/√L); the first and the output layer stay plain (``bpdiag.choices.norms``).
     """
 
     def __init__(
@@ -79,6 +98,9 @@ class MLP:
         init: str = DEFAULTS.init,
         seed: int = DEFAULTS.seed,
         dtype: str = DEFAULTS.dtype,
+        norm: str = DEFAULTS.norm,
+        residual: bool = DEFAULTS.residual,
+        residual_scale: float | str = DEFAULTS.residual_scale,
     ) -> None:
         self.sizes = _check_sizes(sizes)
         self.activation, self.loss, self.init, self.seed = activation, loss, init, seed
@@ -103,41 +125,80 @@ class MLP:
             )
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.layout: Net = make_net(self.sizes, act, out_act, loss_c)
+        if not isinstance(residual, bool | np.bool_):
+            raise TypeError(f"residual must be True or False, got {residual!r}")
+        self.norm, self.residual, self.residual_scale = norm, bool(residual), residual_scale
+        alpha = residual_scale_of(residual_scale, self.depth)
+        self.layout: Net = make_net(self.sizes, act, out_act, loss_c, norm_code(norm),
+                                    self.residual, alpha)  # fmt: skip
         self.theta = np.zeros(n_params(self.layout), dtype=self.dtype)
+        self.running = np.zeros((2, n_running(self.layout)), dtype=self.dtype)
+        self.running[1] = 1.0  # BatchNorm's running variance starts at 1, its mean at 0
         weights = init_weights(self.sizes, init, int(seed))
-        self.set_params([(W, np.zeros(W.shape[0])) for W in weights])
+        self.set_params([(W, np.zeros(W.shape[0]), np.ones(W.shape[0]), np.zeros(W.shape[0]))
+                         if self._normed(k) else (W, np.zeros(W.shape[0]))
+                         for k, W in enumerate(weights)])  # fmt: skip
 
     @property
     def depth(self) -> int:
         """Number of weight layers L."""
         return len(self.sizes) - 1
 
+    def _normed(self, k: int) -> bool:
+        return bool(self.layout.g_off[k] >= 0)
+
+    @property
+    def skips(self) -> list[bool]:
+        """Which layers l = 1..L have a skip connection."""
+        return [bool(s) for s in self.layout.skip]
+
     @property
     def params(self) -> Params:
-        """Copies of [(W_1, b_1), ..., (W_L, b_L)], W_l shaped (n_l, n_{l−1})."""
+        """Copies of the parameters, one tuple per layer: (W_l, b_l) with W_l shaped
+        (n_l, n_{l−1}), and (W_l, b_l, γ_l, β_l) for a normalized hidden layer."""
         return self._unflatten(self.theta)
 
     def set_params(self, params: Params) -> None:
-        """Replace all weights and biases (same structure as ``params``; finite)."""
+        """Replace all parameters (same structure as ``params``; finite)."""
         if len(params) != self.depth:
-            raise ValueError(f"params must have {self.depth} (W, b) pairs, got {len(params)}")
+            what = (
+                "tuples (W, b[, gamma, beta])" if (self.layout.g_off >= 0).any() else "(W, b) pairs"
+            )
+            raise ValueError(f"params must have {self.depth} {what}, got {len(params)}")
         theta = np.empty_like(self.theta)
-        for k, pair in enumerate(params):
-            if len(pair) != 2:
-                raise ValueError(f"params[{k}] must be a pair (W, b)")
+        names = ("W", "b", "gamma", "beta")
+        for k, group in enumerate(params):
             n_in, n_out = self.sizes[k], self.sizes[k + 1]
-            W = as_real_array(f"params[{k}][0] (W)", pair[0], self.dtype, (2,))
-            b = as_real_array(f"params[{k}][1] (b)", pair[1], self.dtype, (1,))
-            if W.shape != (n_out, n_in) or b.shape != (n_out,):
+            want = 4 if self._normed(k) else 2
+            if len(group) != want:
+                shape = "(W, b, gamma, beta)" if want == 4 else "a pair (W, b)"
+                raise ValueError(f"params[{k}] must be {shape}, got {len(group)} arrays")
+            arrays = [as_real_array(f"params[{k}][{i}] ({names[i]})", a, self.dtype,
+                                    (2,) if i == 0 else (1,)) for i, a in enumerate(group)]  # fmt: skip
+            W, rest = arrays[0], arrays[1:]
+            if W.shape != (n_out, n_in) or any(v.shape != (n_out,) for v in rest):
+                vectors = "b" if want == 2 else "b, gamma and beta"
+                got = " and ".join(f"{names[i]} {a.shape}" for i, a in enumerate(arrays))
                 raise ValueError(
-                    f"params[{k}] must be W {(n_out, n_in)} and b {(n_out,)}, "
-                    f"got W {W.shape} and b {b.shape}"
+                    f"params[{k}] must be W {(n_out, n_in)} and {vectors} {(n_out,)}, got {got}"
                 )
-            w0, b0 = self.layout.w_off[k], self.layout.b_off[k]
+            w0 = self.layout.w_off[k]
             theta[w0 : w0 + W.size] = W.ravel()
-            theta[b0 : b0 + n_out] = b
+            for i, v in enumerate(rest):  # b, γ and β follow W, side by side
+                lo = self.layout.b_off[k] + i * n_out
+                theta[lo : lo + n_out] = v
         self.theta = theta
+
+    @property
+    def running_stats(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Copies of BatchNorm's (running mean, running variance) of each hidden layer ([]
+        without BatchNorm): what evaluation (``forward``, ``evaluate``) normalizes with."""
+        out = []
+        for k in range(self.depth):
+            r, n = self.layout.r_off[k], self.sizes[k + 1]
+            if r >= 0:
+                out.append((self.running[0, r : r + n].copy(), self.running[1, r : r + n].copy()))
+        return out
 
     # ------------------------------------------------------------ data checks
 
@@ -176,32 +237,44 @@ class MLP:
     # ------------------------------------------------------------ computation
 
     def _unflatten(self, flat: np.ndarray) -> Params:
-        """Copies of (W_l, b_l) from a flat vector laid out like theta."""
+        """Copies of each layer's (W_l, b_l[, γ_l, β_l]) from a flat vector laid out like theta."""
         lay, out = self.layout, []
         for k in range(self.depth):
             n_in, n_out = self.sizes[k], self.sizes[k + 1]
-            W = flat[lay.w_off[k] : lay.w_off[k] + n_out * n_in].reshape(n_out, n_in)
-            out.append((W.copy(), flat[lay.b_off[k] : lay.b_off[k] + n_out].copy()))
+            W = flat[lay.w_off[k] : lay.w_off[k] + n_out * n_in].reshape(n_out, n_in).copy()
+            vectors = [flat[lay.b_off[k] + i * n_out :][:n_out].copy()
+                       for i in range(3 if self._normed(k) else 1)]  # fmt: skip
+            out.append((W, *vectors))
         return out
 
-    def _run(self, X: np.ndarray, Y: np.ndarray | None):
-        """The kernels over the whole of X: (loss, accuracy, buffers); NaN loss without Y."""
+    def _pass(self, X: np.ndarray, Y: np.ndarray, task: int) -> tuple[float, float, Buffers]:
+        """One pass of the training kernel over the whole of (X, Y) (``_core.loop``):
+        ``TASK_GRADS``, forward and backward in training mode (BatchNorm with the batch's
+        statistics, which the running ones do not take up), or ``TASK_EVAL``, the forward pass
+        in evaluation mode. Returns (loss, accuracy, the buffers)."""
         blas.bind()
-        m = X.shape[0]
-        buf = make_buffers(self.layout, m, 1 if Y is None else Y.shape[1], self.dtype)
-        buf.acts[: X.size] = X.ravel()
-        if Y is None:
-            forward(self.theta, self.layout, buf, m)
-            return np.nan, np.nan, buf
-        buf.Y[:] = Y
-        loss, acc = loss_and_grads(self.theta, self.layout, buf, m)
-        return loss, acc, buf
+        m, L = X.shape[0], self.depth
+        if task == TASK_GRADS and self.layout.norm == BATCHNORM and m < 2:
+            raise ValueError(
+                "batchnorm needs at least 2 rows to compute gradients (batch statistics, as "
+                f"torch.nn.BatchNorm1d in training), got X of shape {X.shape}"
+            )
+        buf = make_buffers(self.layout, m, Y.shape[1], self.dtype)
+        setup = Setup(SGD, Hyper(lr=0.0), NO_CLIP, 0.0, False, 1, np.zeros((3, 0), np.int64), task)
+        rec = Records(np.full((1, len(STEP_SLOTS)), np.nan),
+                      np.full((1, L, len(LAYER_SLOTS)), np.nan), 1, 0, np.zeros(1, np.int64))  # fmt: skip
+        feed = Feed(X, Y, np.arange(m, dtype=np.int64), np.array([0, m], np.int64))
+        state = np.zeros((3, 0), self.dtype)  # no optimizer step
+        train_steps(self.theta, self.running, state, self.layout, buf, setup, feed, rec, 0, 0)
+        return float(rec.steps[0, S_LOSS]), float(rec.steps[0, S_ACC]), buf
 
     def forward(self, X: object) -> np.ndarray:
-        """Predictions (m, n_out) after the output activation (sigmoid / softmax / linear ...)."""
+        """Predictions (m, n_out) after the output activation (sigmoid / softmax / linear ...),
+        in evaluation mode (BatchNorm with its running statistics)."""
         X = self.check_X(X)
-        _, _, buf = self._run(X, None)
         m, k = X.shape[0], self.sizes[-1]
+        no_targets = np.zeros((m, 1 if self.layout.loss == CE else k), self.dtype)
+        _, _, buf = self._pass(X, no_targets, TASK_EVAL)
         off = buf.a_off[-2]
         out = buf.acts[off : off + m * k].reshape(m, k).copy()
         if self.layout.loss == BCE:
@@ -212,20 +285,26 @@ class MLP:
         return out
 
     def loss_and_grads(self, X: object, Y: object) -> tuple[float, Params]:
-        """Batch-mean loss and [(∂L/∂W_l, ∂L/∂b_l)] on (X, Y)."""
+        """Batch-mean loss and the gradients, like ``params`` ([(∂L/∂W_l, ∂L/∂b_l[, ∂L/∂γ_l,
+        ∂L/∂β_l]), ...]), on (X, Y) in training mode (BatchNorm with the batch's statistics;
+        the running ones are not touched)."""
         X = self.check_X(X)
         Y = self.check_Y(Y, X.shape[0])
-        loss, _, buf = self._run(X, Y)
+        loss, _, buf = self._pass(X, Y, TASK_GRADS)
         return float(loss), self._unflatten(buf.grads)
 
     def evaluate(self, X: object, Y: object) -> tuple[float, float]:
-        """(batch-mean loss, accuracy) on (X, Y); accuracy is NaN for mse."""
+        """(batch-mean loss, accuracy) on (X, Y) in evaluation mode (BatchNorm with its running
+        statistics); accuracy is NaN for mse."""
         X = self.check_X(X)
-        loss, acc, _ = self._run(X, self.check_Y(Y, X.shape[0]))
+        loss, acc, _ = self._pass(X, self.check_Y(Y, X.shape[0]), TASK_EVAL)
         return float(loss), float(acc)
 
     def __repr__(self) -> str:
+        extra = f", norm={self.norm!r}" if self.norm != "none" else ""
+        if self.residual:
+            extra += f", residual=True, residual_scale={self.residual_scale!r}"
         return (
             f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
-            f"init={self.init!r}, seed={self.seed}, dtype={self.dtype.name!r})"
+            f"init={self.init!r}, seed={self.seed}, dtype={self.dtype.name!r}{extra})"
         )

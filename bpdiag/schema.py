@@ -57,7 +57,8 @@ LAYER_SERIES = _series(
     Series("grad_norm_W", "grad_norm", "‖∂L/∂W_l‖, before clipping"),
     Series("grad_norm_b", None, "‖∂L/∂b_l‖, before clipping"),
     Series("grad_norm_W_clipped", None, "‖∂L/∂W_l‖ after clipping"),
-    Series("delta_rms", "delta_rms", "RMS over the batch of ‖∂ℓ_i/∂z_l‖, the error signal"),
+    Series("delta_rms", "delta_rms", "RMS over the batch of ‖∂ℓ_i/∂z_l‖, the error signal (z_l:"
+           " before the normalization)"),
     Series("weight_norm", None, "‖W_l‖ before the step's update"),
     Series("update_ratio", "update_ratio", "‖ΔW_l‖ / ‖W_l‖ of the step's update"),
     Series("act_mean", None, "mean of a_l over the batch and units"),
@@ -65,6 +66,8 @@ LAYER_SERIES = _series(
     Series("frac_saturated", None, "hidden sigmoid a < 0.01 or > 0.99, tanh |a| > 0.99 (else NaN)"),
     Series("frac_dead", None, "hidden ReLU-family units with z ≤ 0 on the whole batch (else NaN)"),
     Series("nonfinite", None, "NaN/Inf entries of the layer's gradient"),
+    Series("grad_norm_affine", None, "‖(∂L/∂γ_l, ∂L/∂β_l)‖ of a normalized layer, before clipping"),
+    Series("delta_rms_normed", None, "RMS over the batch of ‖∂ℓ_i/∂u_l‖ after the normalization"),
 )  # fmt: skip
 LAYER_POINTS = 12  # records per per-layer MLflow series (every record is in layers.parquet)
 

@@ -11,7 +11,7 @@ import numba
 import numpy as np
 
 from bpdiag import blas
-from bpdiag._core.codes import STATUS_NONFINITE
+from bpdiag._core.codes import BATCHNORM, STATUS_NONFINITE
 from bpdiag._core.loop import train_steps
 from bpdiag._core.parallel import PIECE, pieces
 from bpdiag._core.slots import LAYER_SLOTS, STEP_SLOTS
@@ -47,14 +47,15 @@ class Workspace:
         return cls(make_buffers(net.layout, batch, n_targets, net.dtype), state)
 
 
-# The last call's workspace, by (sizes, batch, targets, dtype): the next call with the same shapes
+# The last call's workspace, by the net's layout, batch, targets and dtype: the next call with the same shapes
 # takes it instead of faulting in fresh pages (hundreds of MB for a wide net). Taken out while in
 # use, so a concurrent or nested call allocates its own; only one is kept.
 _spare: dict[tuple, Workspace] = {}
 
 
 def _workspace(net: MLP, batch: int, n_targets: int) -> tuple[tuple, Workspace]:
-    key = (tuple(net.sizes), batch, n_targets, net.dtype.str)
+    lay = net.layout
+    key = (tuple(net.sizes), lay.norm, tuple(lay.skip), batch, n_targets, net.dtype.str)
     ws = _spare.pop(key, None)
     return key, ws if ws is not None else Workspace.new(net, batch, n_targets)
 
@@ -108,6 +109,8 @@ def _threads(threads: object, net: MLP, batch: int) -> int:
     """How many threads one training uses (see ``train``'s ``threads``)."""
     available = numba.config.NUMBA_NUM_THREADS
     if threads is None:
+        if (net.layout.g_off >= 0).any() or net.layout.skip.any():
+            return 1
         sizes = net.sizes
         macs = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)) / net.depth
         return numba.get_num_threads() if macs >= PARALLEL_MIN_MACS else 1
@@ -115,6 +118,8 @@ def _threads(threads: object, net: MLP, batch: int) -> int:
         raise ValueError(f"threads must be None or a positive integer, got {threads!r}")
     if threads > available:
         raise ValueError(f"threads must be at most {available} (NUMBA_NUM_THREADS), got {threads}")
+    if (net.layout.g_off >= 0).any() or net.layout.skip.any():
+        return 1  # the two-core passes cover plain nets (``bpdiag._core.parallel``)
     return int(threads)
 
 
@@ -182,7 +187,9 @@ def train(
     net's activations for one batch, and 4× its parameters) stay allocated for the next call with
     the same shapes. ``threads``: CPU threads for the step's passes, each GEMM on the thread that
     calls it; None uses all of Numba's threads when a layer has at least ``PARALLEL_MIN_MACS``
-    multiply-adds a step, and one thread (the BLAS's threads as configured) below that.
+    multiply-adds a step, and one thread (the BLAS's threads as configured) below that. A net
+    with normalization or skip connections runs its passes on one thread, whatever ``threads``
+    says, its GEMMs on the BLAS's threads.
     Results agree with one thread's to rounding (see ``bpdiag._core.parallel``).
     """
     if not isinstance(net, MLP):
@@ -200,6 +207,12 @@ def train(
             raise TypeError("eval_data must be a pair (X_test, Y_test)")
         X_test = net.check_X(eval_data[0], "eval_data X")
         net.check_Y(eval_data[1], X_test.shape[0], "eval_data Y")
+    if net.layout.norm == BATCHNORM and (batch == 1 or m % batch == 1):
+        raise ValueError(
+            f"batchnorm needs at least 2 rows in every training batch (as torch.nn.BatchNorm1d "
+            f"in training), but batch_size={batch_size!r} with {m} rows leaves a batch of 1 row; "
+            f"choose a batch_size that leaves no batch of one"
+        )
     setup = _setup(net, batch, optimizer, lr, clip, clip_value, nan_guard, threads, hooks,
                    dict(optimizer_options))  # fmt: skip
     library = blas.bind()
@@ -225,7 +238,8 @@ def train(
     if eval_data is not None:
         final.update(zip(("test_loss", "test_accuracy"), net.evaluate(*eval_data), strict=True))
     model = {"sizes": net.sizes, "activation": net.activation, "init": net.init, "loss": net.loss,
-             "dtype": net.dtype.name}  # fmt: skip
+             "dtype": net.dtype.name, "norm": net.norm, "residual": net.residual,
+             "residual_scale": net.residual_scale, "skips": net.skips, "batch": batch}  # fmt: skip
     config = {
         "optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": batch_size,
         "shuffle": shuffle, "clip": clip, "clip_value": clip_value,
@@ -246,8 +260,8 @@ def _run(net: MLP, ws: Workspace, setup: Setup, X: np.ndarray, Y: np.ndarray,
         n = min(chunk, steps - done)
         idx, starts = sampler.take(n)
         t0 = time.perf_counter()
-        k, new_row, status = train_steps(net.theta, ws.state, net.layout, ws.buffers, setup,
-                                         Feed(X, Y, idx, starts), rec, done, row)  # fmt: skip
+        k, new_row, status = train_steps(net.theta, net.running, ws.state, net.layout, ws.buffers,
+                                         setup, Feed(X, Y, idx, starts), rec, done, row)  # fmt: skip
         elapsed = time.perf_counter() - t0
         if status == STATUS_NONFINITE:
             diverged, stopped_by = done + k, "nonfinite"

@@ -114,26 +114,142 @@ def deltas(params, X, Y, activation, loss):
     return out, A
 
 
+# ---------------------------------------------------------------- normalization and skips
+
+EPS = 1e-5  # torch.nn.BatchNorm1d's and LayerNorm's
+
+
+def has_skip(params, l, residual):
+    """Layer l (1-based) adds its input: residual, hidden, not the first, square W."""
+    W = params[l - 1][0]
+    return residual and 2 <= l < len(params) and W.shape[0] == W.shape[1]
+
+
+def forward_net(params, X, activation, norm="none", residual=False, alpha=1.0, running=None,
+                output_activation="linear"):  # fmt: skip
+    """The forward pass of a net with normalization and skips (batch in columns), and what
+    backward needs per layer. ``running``: BatchNorm's [(mean, var)] per hidden layer for
+    evaluation mode; None: training mode (the batch's statistics)."""
+    L, a = len(params), X.T
+    A, cache = [a], []
+    for l, p in enumerate(params, start=1):
+        W, b = p[0], p[1]
+        z = W @ a + b[:, None]
+        if l == L:
+            cache.append({"z": z})
+            A.append(z)
+            break
+        c = {"z": z, "skip": has_skip(params, l, residual)}
+        if len(p) == 4:  # z → ẑ = (z − μ)/√(σ² + ε) → u = γ ẑ + β
+            gamma, beta = p[2], p[3]
+            if norm == "batchnorm":
+                if running is None:
+                    mu, var = z.mean(axis=1, keepdims=True), z.var(axis=1, keepdims=True)
+                else:
+                    mu, var = running[l - 1][0][:, None], running[l - 1][1][:, None]
+            else:
+                mu, var = z.mean(axis=0, keepdims=True), z.var(axis=0, keepdims=True)
+            c.update(zhat=(z - mu) / np.sqrt(var + EPS), istd=1 / np.sqrt(var + EPS), mu=mu,
+                     var=var, gamma=gamma)  # fmt: skip
+            u = gamma[:, None] * c["zhat"] + beta[:, None]
+        else:
+            u = z
+        h = phi(activation, u)
+        c.update(u=u, h=h)
+        a = a + alpha * h if c["skip"] else h
+        cache.append(c)
+        A.append(a)
+    return A, cache
+
+
+def loss_grad(zL, Y, loss, output_activation="linear"):
+    """(batch-mean loss, ∂L/∂z_L) of the output logits zL (k, m)."""
+    k, m = zL.shape
+    if loss == "bce":
+        y = Y.reshape(m, k).T
+        value = np.mean(y * np.logaddexp(0, -zL) + (1 - y) * np.logaddexp(0, zL))
+        return value, (1 / (1 + np.exp(-zL)) - y) / (m * k)
+    if loss == "ce":
+        p = np.exp(zL - zL.max(axis=0))
+        p /= p.sum(axis=0)
+        labels = np.asarray(Y, int).ravel()
+        value = np.mean(-np.log(p[labels, np.arange(m)]))
+        p[labels, np.arange(m)] -= 1
+        return value, p / m
+    y_hat, y = phi(output_activation, zL), Y.reshape(m, k).T
+    return np.mean((y_hat - y) ** 2), 2 * (y_hat - y) / (m * k) * dphi(output_activation, zL)
+
+
+def loss_and_grads_net(params, X, Y, activation, loss, norm="none", residual=False, alpha=1.0,
+                       output_activation="linear"):  # fmt: skip
+    """Loss, gradients like params, and per layer (∂L/∂z_l, ∂L/∂u_l), in training mode:
+    ∂L/∂u = ∂L/∂h ⊙ φ'(u); ∂L/∂γ = Σ ∂L/∂u ⊙ ẑ, ∂L/∂β = Σ ∂L/∂u; ∂L/∂z = (γ/√(σ² + ε))(g −
+    mean(g) − ẑ mean(g ⊙ ẑ)) with g = ∂L/∂u, the means over the batch (BatchNorm) or the
+    units (LayerNorm); ∂L/∂a_{l−1} = W_lᵀ ∂L/∂z_l, plus ∂L/∂a_l where layer l has a skip."""
+    A, cache = forward_net(params, X, activation, norm, residual, alpha, None, output_activation)
+    L = len(params)
+    value, dz = loss_grad(A[-1], Y, loss, output_activation)
+    grads, deltas = [None] * L, [None] * L
+    da = None
+    for l in range(L, 0, -1):
+        c, W = cache[l - 1], params[l - 1][0]
+        du = None
+        if l < L:
+            dh = alpha * da if c["skip"] else da
+            du = dh * dphi(activation, c["u"])
+            if "zhat" in c:
+                zh, g = c["zhat"], du
+                axis = 1 if norm == "batchnorm" else 0
+                dz = (
+                    (c["gamma"][:, None] * c["istd"])
+                    * (
+                        g
+                        - g.mean(axis=axis, keepdims=True)
+                        - zh * (g * zh).mean(axis=axis, keepdims=True)
+                    )
+                    if norm == "batchnorm"
+                    else c["istd"]
+                    * (
+                        c["gamma"][:, None] * g
+                        - (c["gamma"][:, None] * g).mean(axis=0, keepdims=True)
+                        - zh * (c["gamma"][:, None] * g * zh).mean(axis=0, keepdims=True)
+                    )
+                )
+            else:
+                dz = du
+        dW, db = dz @ A[l - 1].T, dz.sum(axis=1)
+        if du is not None and "zhat" in c:
+            grads[l - 1] = (dW, db, (du * c["zhat"]).sum(axis=1), du.sum(axis=1))
+        else:
+            grads[l - 1] = (dW, db)
+        deltas[l - 1] = (dz, du)
+        da_below = W.T @ dz
+        if l < L and c["skip"]:
+            da_below = da_below + da
+        da = da_below
+    return value, grads, deltas
+
+
 # ---------------------------------------------------------------- clipping
 
 
 def clip(mode, c, params, grads):
     """Return clipped copies of grads (lists of (dW, db))."""
-    grads = [(dW.copy(), db.copy()) for dW, db in grads]
+    grads = [tuple(g.copy() for g in group) for group in grads]
     if mode == "none":
         return grads
     if mode == "value":
-        return [(np.clip(dW, -c, c), np.clip(db, -c, c)) for dW, db in grads]
+        return [tuple(np.clip(g, -c, c) for g in group) for group in grads]
     if mode == "norm":  # torch.nn.utils.clip_grad_norm_
-        total = np.sqrt(sum(np.sum(dW**2) + np.sum(db**2) for dW, db in grads))
+        total = np.sqrt(sum(np.sum(g**2) for group in grads for g in group))
         coef = min(c / (total + 1e-6), 1.0)
-        return [(dW * coef, db * coef) for dW, db in grads]
-    if mode == "layer":
+        return [tuple(g * coef for g in group) for group in grads]
+    if mode == "layer":  # clip_grad_norm_ on each layer's parameters (W, b[, γ, β]) together
         out = []
-        for dW, db in grads:
-            norm = np.sqrt(np.sum(dW**2) + np.sum(db**2))
+        for group in grads:
+            norm = np.sqrt(sum(np.sum(g**2) for g in group))
             coef = min(c / (norm + 1e-6), 1.0)
-            out.append((dW * coef, db * coef))
+            out.append(tuple(g * coef for g in group))
         return out
     assert mode == "agc"  # optax.adaptive_grad_clip(c, eps=1e-3)
 
@@ -144,7 +260,8 @@ def clip(mode, c, params, grads):
         clipped = g * (max_norm / np.maximum(g_norm, 1e-6))
         return np.where(g_norm < max_norm, g, clipped)
 
-    return [(unit(dW, W), unit(db, b)) for (dW, db), (W, b) in zip(grads, params, strict=True)]
+    return [tuple(unit(g, p) for g, p in zip(group, pgroup, strict=True))
+            for group, pgroup in zip(grads, params, strict=True)]  # fmt: skip
 
 
 # ---------------------------------------------------------------- optimizers (torch docs)
@@ -208,16 +325,18 @@ class Optimizer:
 
 
 def flatten(params):
-    return np.concatenate([np.concatenate([W.ravel(), b]) for W, b in params])
+    """One vector of every array of every layer's tuple, in order (bpdiag's theta layout)."""
+    return np.concatenate([np.ravel(a) for group in params for a in group])
 
 
 def unflatten(flat, like):
     out, p = [], 0
-    for W, b in like:
-        dW = flat[p : p + W.size].reshape(W.shape)
-        p += W.size
-        out.append((dW, flat[p : p + b.size]))
-        p += b.size
+    for group in like:
+        arrays = []
+        for a in group:
+            arrays.append(flat[p : p + a.size].reshape(a.shape))
+            p += a.size
+        out.append(tuple(arrays))
     return out
 
 
@@ -229,6 +348,31 @@ def train_full_batch(params, X, Y, activation, loss, optimizer, lr, steps, clip_
         grads = clip(clip_mode, c, params, grads)
         params = unflatten(opt.step(flatten(params), flatten(grads)), params)
     return params
+
+
+def train_net(params, X, Y, activation, loss, norm, residual, alpha, optimizer, lr, steps,
+              clip_mode, c, batches=None, **o):  # fmt: skip
+    """Reference training of a net with normalization and skips: backprop → clip → optimizer,
+    ``steps`` times, on the row sets of ``batches`` in turn (None: the full batch). Returns the
+    parameters and BatchNorm's running statistics [(mean, var)] (torch.nn.BatchNorm1d's update:
+    momentum 0.1, the unbiased batch variance)."""
+    opt = Optimizer(optimizer, lr, **o)
+    running = [(np.zeros(len(p[0])), np.ones(len(p[0]))) for p in params
+               if len(p) == 4 and norm == "batchnorm"]  # fmt: skip
+    for s in range(steps):
+        rows = np.arange(len(X)) if batches is None else batches[s % len(batches)]
+        Xb, Yb = X[rows], Y[rows]
+        _, grads, _ = loss_and_grads_net(params, Xb, Yb, activation, loss, norm, residual, alpha)
+        if norm == "batchnorm":
+            _, cache = forward_net(params, Xb, activation, norm, residual, alpha)
+            m = len(rows)
+            running = [((1 - 0.1) * rm + 0.1 * cc["mu"].ravel(),
+                        (1 - 0.1) * rv + 0.1 * cc["var"].ravel() * m / (m - 1))
+                       for (rm, rv), cc in zip(running, [layer for layer in cache if "zhat" in layer],
+                                               strict=True)]  # fmt: skip
+        grads = clip(clip_mode, c, params, grads)
+        params = unflatten(opt.step(flatten(params), flatten(grads)), params)
+    return params, running
 
 
 def rel_err(a, b) -> float:
@@ -284,5 +428,49 @@ def layer_stats(params, next_params, X, Y, activation, loss, clip_mode, c):
             "frac_saturated": sat,
             "frac_dead": dead,
             "nonfinite": int(np.sum(~np.isfinite(dW)) + np.sum(~np.isfinite(db))),
+            "grad_norm_affine": np.nan,
+            "delta_rms_normed": np.nan,
+        })  # fmt: skip
+    return rows
+
+
+def layer_stats_net(params, next_params, X, Y, activation, loss, clip_mode, c, norm, residual,
+                    alpha):  # fmt: skip
+    """``layer_stats`` for a net with normalization and skips: δ_l = ∂L/∂z_l (before the
+    norm), the error after it ∂L/∂u_l, the affine gradients; saturation and dead units from φ's
+    input u_l and output h_l, the activation statistics from the layer's output a_l."""
+    L, m = len(params), X.shape[0]
+    A, cache = forward_net(params, X, activation, norm, residual, alpha)
+    _, grads, deltas = loss_and_grads_net(params, X, Y, activation, loss, norm, residual, alpha)
+    clipped = clip(clip_mode, c, params, grads)
+    relu_family = activation in ("relu", "leaky_relu", "elu", "selu", "gelu")
+    rows = []
+    for l in range(1, L + 1):
+        W, a, hidden, cl = params[l - 1][0], A[l], l < L, cache[l - 1]
+        h = cl["h"] if hidden else a
+        if hidden and activation == "sigmoid":
+            sat = np.mean((h < 0.01) | (h > 0.99))
+        elif hidden and activation == "tanh":
+            sat = np.mean(np.abs(h) > 0.99)
+        else:
+            sat = np.nan
+        dead = np.mean(np.all(cl["u"] <= 0, axis=1)) if hidden and relu_family else np.nan
+        g = grads[l - 1]
+        dz, du = deltas[l - 1]
+        normed = len(g) == 4
+        rows.append({
+            "grad_norm_W": np.linalg.norm(g[0]),
+            "grad_norm_b": np.linalg.norm(g[1]),
+            "grad_norm_W_clipped": np.linalg.norm(clipped[l - 1][0]),
+            "delta_rms": np.sqrt(np.mean(np.sum((m * dz) ** 2, axis=0))),
+            "weight_norm": np.linalg.norm(W),
+            "update_ratio": np.linalg.norm(next_params[l - 1][0] - W) / np.linalg.norm(W),
+            "act_mean": a.mean(),
+            "act_std": a.std(),
+            "frac_saturated": sat,
+            "frac_dead": dead,
+            "nonfinite": int(sum(np.sum(~np.isfinite(x)) for x in g)),
+            "grad_norm_affine": np.sqrt(np.sum(g[2] ** 2) + np.sum(g[3] ** 2)) if normed else np.nan,
+            "delta_rms_normed": np.sqrt(np.mean(np.sum((m * du) ** 2, axis=0))) if normed else np.nan,
         })  # fmt: skip
     return rows

@@ -136,6 +136,15 @@ def bias_activate(code, Z, b, A):
             A[i, j] = phi(code, z)
 
 
+@njit(**JIT)
+def activate(code, A, b):
+    """a ← φ(a + b) in place for any activation (the vectorized loops where there are)."""
+    if needs_z(code):
+        bias_activate(code, A, b, A)
+    else:
+        activate_in_place(code, A, b)
+
+
 @njit(**FAST)
 def times_dphi(code, Z, A, D, db):
     """D ← D ⊙ φ'(z) over the (mb, n) block; from the same pass, db = Σ_rows D (the bias

@@ -8,9 +8,16 @@ import numpy as np
 from numba import njit
 
 from bpdiag._core.codes import BCE, CE
-from bpdiag._core.elementwise import activate_in_place, bias_activate, needs_z, sigmoid_exact
+from bpdiag._core.elementwise import (
+    activate,
+    activate_in_place,
+    bias_activate,
+    needs_z,
+    sigmoid_exact,
+)
 from bpdiag._core.gemm import gemm
 from bpdiag._core.jit import JIT
+from bpdiag._core.norm import normalize, skip_add
 
 
 @njit(**JIT)
@@ -21,22 +28,35 @@ def block(buf, off, rows, cols):
 
 @njit(**JIT)
 def z_block(code, buf, off, rows, cols):
-    """The (rows, cols) block holding z_l for ``code``: in ``buf.zs`` where it is kept, else the
-    a block (for linear z = a; for relu, tanh and sigmoid nothing reads z)."""
+    """The (rows, cols) block holding z_l of a plain layer for ``code``: in ``buf.zs`` where it
+    is kept, else the a block (for linear z = a; for relu, tanh and sigmoid nothing reads z)."""
     return block(buf.zs if needs_z(code) else buf.acts, off, rows, cols)
 
 
 @njit(**JIT)
-def dense(theta, net, k, buf, off_in, off_out, rows):
-    """a_l = φ(a_{l−1} W_lᵀ + b_l) for layer l = k + 1, over ``rows`` rows starting at
-    buf.acts[off_in] (a_{l−1}) and buf.acts[off_out] (a_l); z_l at buf.zs[off_out] where kept."""
+def running_of(running, net, k):
+    """(mean, var): BatchNorm's running statistics of layer k (empty where it keeps none)."""
+    r, n = net.r_off[k], net.sizes[k + 1]
+    lo = r if r >= 0 else 0
+    hi = r + n if r >= 0 else 0
+    return running[0, lo:hi], running[1, lo:hi]
+
+
+@njit(**JIT)
+def plain_dense(theta, net, k, buf, r0, rows):
+    """A plain layer l = k + 1 (no normalization, no skip) on ``rows`` rows from row r0:
+    a_l = φ(a_{l−1} W_lᵀ + b_l), z_l kept where φ' needs it. The two-core passes use this."""
     n_in, n_out = net.sizes[k], net.sizes[k + 1]
+    off = buf.a_off[k + 1] + r0 * n_out
     code = net.act if k < net.sizes.size - 2 else net.out_act
     W = block(theta, net.w_off[k], n_out, n_in)
     b = theta[net.b_off[k] : net.b_off[k] + n_out]
-    A_prev, A = block(buf.acts, off_in, rows, n_in), block(buf.acts, off_out, rows, n_out)
+    A_prev, A = (
+        block(buf.acts, buf.a_off[k] + r0 * n_in, rows, n_in),
+        block(buf.acts, off, rows, n_out),
+    )
     if needs_z(code):
-        Z = block(buf.zs, off_out, rows, n_out)
+        Z = block(buf.zs, off, rows, n_out)
         gemm(A_prev, False, W, True, Z)
         bias_activate(code, Z, b, A)
     else:
@@ -45,10 +65,45 @@ def dense(theta, net, k, buf, off_in, off_out, rows):
 
 
 @njit(**JIT)
-def forward(theta, net, buf, mb):
+def cured_dense(theta, running, net, k, buf, mb, mode):
+    """A hidden layer l = k + 1 with a normalization or a skip connection, on the batch's mb
+    rows: z_l (kept where φ' needs it) or ẑ_l (kept), u_l, h_l = φ(u_l) (kept where there is a
+    skip) and a_l. ``mode``: BatchNorm's statistics, ``codes.TRAIN`` (the batch's, into
+    buf.norms) or ``codes.EVAL`` (the running ones)."""
+    n_in, n = net.sizes[k], net.sizes[k + 1]
+    off = buf.a_off[k + 1]
+    W = block(theta, net.w_off[k], n, n_in)
+    b = theta[net.b_off[k] : net.b_off[k] + n]
+    A_prev, A = block(buf.acts, buf.a_off[k], mb, n_in), block(buf.acts, off, mb, n)
+    skip = net.skip[k] != 0
+    H = block(buf.hs, off, mb, n) if skip else A  # h_l = φ(u_l)
+    g0 = net.g_off[k]
+    if g0 >= 0:
+        Z = block(buf.zs, off, mb, n)
+        gemm(A_prev, False, W, True, Z)
+        run_mean, run_var = running_of(running, net, k)
+        normalize(net.norm, mode, Z, b, theta[g0 : g0 + n], H, buf.norms[k], run_mean, run_var)
+        activate(net.act, H, theta[g0 + n : g0 + 2 * n])  # u = γ ẑ + β, h = φ(u)
+    elif needs_z(net.act):
+        Z = block(buf.zs, off, mb, n)
+        gemm(A_prev, False, W, True, Z)
+        bias_activate(net.act, Z, b, H)
+    else:
+        gemm(A_prev, False, W, True, H)
+        activate_in_place(net.act, H, b)
+    if skip:
+        skip_add(A, A_prev, H, net.alpha)
+
+
+@njit(**JIT)
+def forward(theta, running, net, buf, mb, mode):
     """a_0 (already in ``buf.acts``) → a_l for l = 1..L on the first mb rows."""
+    first = np.int64(0)  # not the literal 0: a literal argument compiles a callee of its own
     for k in range(net.sizes.size - 1):
-        dense(theta, net, k, buf, buf.a_off[k], buf.a_off[k + 1], mb)
+        if net.g_off[k] >= 0 or net.skip[k] != 0:
+            cured_dense(theta, running, net, k, buf, mb, mode)
+        else:
+            plain_dense(theta, net, k, buf, first, mb)
 
 
 @njit(**JIT)

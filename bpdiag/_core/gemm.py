@@ -1,5 +1,5 @@
-"""The matrix product the kernels call: ``gemm(A, ta, B, tb, C)``, C = op(A) op(B), on the
-calling thread.
+"""The matrix products the kernels call: ``gemm(A, ta, B, tb, C)``, C = op(A) op(B), and
+``gemm_add``, C += op(A) op(B), on the calling thread.
 
 Compiled code calls the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by
 address, so kernels in Numba's on-disk cache stay valid whichever BLAS a later process binds to
@@ -18,10 +18,10 @@ _N, _T = ord("N"), ord("T")
 
 
 @intrinsic
-def _fortran_gemm(typingctx, transa, transb, m, n, k, A, lda, B, ldb, C, ldc):
-    """Column-major C (m × n) = op(A) op(B) by the bound Fortran ?gemm (alpha 1, beta 0);
+def _fortran_gemm(typingctx, transa, transb, m, n, k, A, lda, B, ldb, beta, C, ldc):
+    """Column-major C (m × n) = op(A) op(B) + beta C by the bound Fortran ?gemm (alpha 1);
     transa/transb are ord('N') or ord('T'). The scalars go by pointer, on the stack."""
-    sig = types.void(transa, transb, m, n, k, A, lda, B, ldb, C, ldc)
+    sig = types.void(transa, transb, m, n, k, A, lda, B, ldb, beta, C, ldc)
 
     def codegen(context, builder, signature, args):
         i8p = ir.IntType(8).as_pointer()
@@ -38,11 +38,11 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, A, lda, B, ldb, C, ldc):
         def data(value, aty):
             return builder.bitcast(context.make_array(aty)(context, builder, value).data, i8p)
 
-        ta, tb, m_, n_, k_, a, lda_, b, ldb_, c, ldc_ = args
+        ta, tb, m_, n_, k_, a, lda_, b, ldb_, beta_, c, ldc_ = args
         one = by_ref(context.get_constant(C.dtype, 1.0))
-        zero = by_ref(context.get_constant(C.dtype, 0.0))
+        beta_c = by_ref(context.cast(builder, beta_, beta, C.dtype))
         builder.call(fn, [int_ref(ta, 8), int_ref(tb, 8), int_ref(m_), int_ref(n_), int_ref(k_),
-                          one, data(a, A), int_ref(lda_), data(b, B), int_ref(ldb_), zero,
+                          one, data(a, A), int_ref(lda_), data(b, B), int_ref(ldb_), beta_c,
                           data(c, C), int_ref(ldc_)])  # fmt: skip
         return context.get_dummy_value()
 
@@ -55,4 +55,14 @@ def gemm(A, ta, B, tb, C):
     float dtype, C (m, n). Row-major C is column-major Cᵀ = op(B)ᵀ op(A)ᵀ, which is the call."""
     m, n = C.shape
     k = A.shape[0] if ta else A.shape[1]
-    _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, B.shape[1], A, A.shape[1], C, n)
+    _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, B.shape[1], A, A.shape[1], 0.0,
+                  C, n)  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def gemm_add(A, ta, B, tb, C):
+    """C += op(A) op(B), as ``gemm``."""
+    m, n = C.shape
+    k = A.shape[0] if ta else A.shape[1]
+    _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, B.shape[1], A, A.shape[1], 1.0,
+                  C, n)  # fmt: skip

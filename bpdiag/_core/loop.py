@@ -12,24 +12,39 @@ from numba import njit
 from bpdiag._core import backward as serial_backward
 from bpdiag._core import forward as serial_forward
 from bpdiag._core import parallel
-from bpdiag._core.codes import STATUS_NONFINITE, STATUS_OK
-from bpdiag._core.forward import block, output_loss
+from bpdiag._core.codes import (
+    BATCHNORM,
+    EVAL,
+    STATUS_NONFINITE,
+    STATUS_OK,
+    TASK_EVAL,
+    TASK_GRADS,
+    TRAIN,
+)
+from bpdiag._core.forward import block, output_loss, running_of
 from bpdiag._core.jit import JIT
-from bpdiag._core.slots import N_STATS, T_GB_SQ, T_GW_SQ
-from bpdiag._core.stats import activation_stats, record_gradients, record_update
+from bpdiag._core.norm import update_running
+from bpdiag._core.slots import N_STATS, S_ACC, S_LOSS
+from bpdiag._core.stats import activation_stats, grad_sq, record_gradients, record_update
 from bpdiag._core.update import clip, update
 
 
 @njit(**JIT)
-def train_steps(theta, state, net, buf, setup, feed, rec, step0, row):
+def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
     """Run len(feed.starts) − 1 optimizer steps from step ``step0``, records from ``row`` on.
 
-    theta: the parameters (updated in place); state: (3, n_params) optimizer state; net, buf,
+    theta: the parameters (updated in place); running: (2, n) BatchNorm's running statistics
+    (updated after each accepted step); state: (3, n_params) optimizer state; net, buf,
     setup, feed, rec: ``structs.Net``, ``Buffers``, ``Setup``, ``Feed``, ``Records``. A record
     is written at steps ≡ 0 (mod rec.every), at rec.last and at a non-finite step (where the NaN
     guard stops before the update); rec.counters[0] counts the steps clipping changed. The
-    passes are those of one thread, or of ``parallel`` for setup.threads > 1: one kernel holds
-    both, which compiles faster than two. Returns (steps done, next row, status).
+    passes are those of one thread, or of ``parallel`` for setup.threads > 1.
+
+    ``setup.task`` makes the same kernel serve the net's other passes over one batch (Numba
+    optimizes everything a kernel calls into it, so one kernel compiles faster than three):
+    ``TASK_GRADS`` stops after the backward pass and its record (the loss and gradients in
+    training mode), ``TASK_EVAL`` after the evaluation-mode forward pass and the loss, written
+    into the record's loss and accuracy. Returns (steps done, next row, status).
     """
     L = net.sizes.size - 1
     n_in = net.sizes[0]
@@ -38,10 +53,11 @@ def train_steps(theta, state, net, buf, setup, feed, rec, step0, row):
     par = threads > 1
     n_pcs = setup.pieces.shape[1]
     sums = np.zeros((n_pcs, 3))  # (‖Δθ‖², ‖θ‖², ‖g‖²) of each optimizer piece
-    seg = np.zeros((2 * L, 3))  # the same per W_l and b_l
+    seg = np.zeros((3 * L, 3))  # the same per W_l, b_l and (γ_l, β_l)
     zmax = np.empty((threads, L, net.sizes.max()))  # scratch of the activation statistics, per
     part = np.empty((threads, L, N_STATS))  # thread (row block of the two-core forward) and layer
     sc = np.empty((n_pcs, 10), theta.dtype)
+    mode = EVAL if setup.task == TASK_EVAL else TRAIN  # BatchNorm's statistics
     for s in range(n_steps):
         step = step0 + s
         lo = feed.starts[s]
@@ -52,10 +68,14 @@ def train_steps(theta, state, net, buf, setup, feed, rec, step0, row):
             Xb[i, :] = feed.X[r, :]
             buf.Y[i, :] = feed.Y[r, :]
         cadence = step % rec.every == 0 or step == rec.last  # a record step, unless it fails
+        if setup.task == TASK_EVAL:
+            serial_forward.forward(theta, running, net, buf, mb, mode)
+            rec.steps[row, S_LOSS], rec.steps[row, S_ACC] = output_loss(net, buf, mb)
+            return 1, row + 1, STATUS_OK
         if par:
             parallel.forward(theta, net, buf, mb, threads, cadence, part, zmax)
         else:
-            serial_forward.forward(theta, net, buf, mb)
+            serial_forward.forward(theta, running, net, buf, mb, mode)
         loss, acc = output_loss(net, buf, mb)
         if par:
             parallel.backward(theta, net, buf, mb)
@@ -63,7 +83,7 @@ def train_steps(theta, state, net, buf, setup, feed, rec, step0, row):
             serial_backward.backward(theta, net, buf, mb)
         total_sq = 0.0
         for k in range(L):
-            total_sq += buf.stats[k, T_GW_SQ] + buf.stats[k, T_GB_SQ]
+            total_sq += grad_sq(net, buf, k)
         stop = setup.nan_guard and not (math.isfinite(loss) and math.isfinite(total_sq))
         recording = cadence or stop
         if recording:
@@ -72,6 +92,13 @@ def train_steps(theta, state, net, buf, setup, feed, rec, step0, row):
             record_gradients(rec, row, step, loss, acc, total_sq, net, buf, mb)
         if stop:  # keep the failing step's record; nothing is clipped or updated
             return s, row + 1, STATUS_NONFINITE
+        if setup.task == TASK_GRADS:
+            return 1, row + 1, STATUS_OK
+        if net.norm == BATCHNORM:
+            for k in range(L):
+                if net.r_off[k] >= 0:
+                    run_mean, run_var = running_of(running, net, k)
+                    update_running(run_mean, run_var, buf.norms[k], mb)
         coef, clipped = clip(setup, theta, buf.grads, net, total_sq)
         rec.counters[0] += clipped
         if par:

@@ -1,5 +1,8 @@
 """The step's passes spread over Numba's threads, with BLAS single-threaded meanwhile (the
 caller decides when; the one-thread passes are in ``forward``, ``backward`` and ``update``).
+They cover plain nets; a net with normalization or skip connections runs its passes on one
+thread (its GEMMs on the BLAS's threads), which keeps the normalization out of these
+kernels and their compile time.
 
 - forward: each layer's GEMM and activation pass by row blocks of the batch, one per thread,
   and on record steps the activation statistics of the block just written;
@@ -21,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from bpdiag._core.backward import delta_below, output_delta, weight_grad
-from bpdiag._core.forward import block, dense, z_block
+from bpdiag._core.backward import output_delta, plain_delta_below, weight_grad
+from bpdiag._core.forward import block, plain_dense
 from bpdiag._core.jit import JIT
 from bpdiag._core.slots import T_ACT_SQ, T_ACT_SUM, T_DEAD, T_SAT
 from bpdiag._core.stats import activation_sums, dead_units
@@ -33,40 +36,44 @@ PIECE = 16384  # parameters per optimizer piece: far more work than handing a pi
 
 
 def pieces(net, size: int) -> np.ndarray:
-    """(3, n) int64: [lo, hi) of each piece of theta and the segment it belongs to (2k for W of
-    layer k, 2k + 1 for its bias). W blocks are cut into near-equal pieces of ≤ ``size``."""
+    """(3, n) int64: [lo, hi) of each piece of theta and the segment it belongs to (3k for W of
+    layer k, 3k + 1 for its bias, 3k + 2 for its γ and β). W blocks are cut into near-equal
+    pieces of ≤ ``size``."""
     out = []
-    for k, (w0, b0) in enumerate(zip(net.w_off, net.b_off, strict=True)):
+    for k, (w0, b0, g0) in enumerate(zip(net.w_off, net.b_off, net.g_off, strict=True)):
         n_w, n_b = int(net.sizes[k] * net.sizes[k + 1]), int(net.sizes[k + 1])
         edges = np.linspace(w0, w0 + n_w, -(-n_w // size) + 1).astype(np.int64)
-        out += [(lo, hi, 2 * k) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-        out.append((b0, b0 + n_b, 2 * k + 1))
+        out += [(lo, hi, 3 * k) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        out.append((b0, b0 + n_b, 3 * k + 1))
+        if g0 >= 0:
+            out.append((g0, g0 + 2 * n_b, 3 * k + 2))
     return np.array(out, np.int64).T.copy()
 
 
 @njit(parallel=True, **JIT)
 def forward(theta, net, buf, mb, T, record, part, zmax):
-    """``forward.forward`` with each layer's rows split into T blocks, one per thread (T is
-    passed in: ``numba.get_num_threads`` in a kernel would keep it out of the on-disk cache).
-    With ``record``, each thread also takes ``stats.activation_sums`` of the block it has just
-    written (part: (T, L, ≥ 3), zmax: (T, L, max width) scratch), combined into buf.stats."""
-    sizes, w_off, b_off, act, out_act, loss = net
-    a_off, acts, zs, deltas, Y, grads, stats = buf
+    """``forward.forward`` of a plain net with each layer's rows split into T blocks, one per
+    thread (T is passed in: ``numba.get_num_threads`` in a kernel would keep it out of the
+    on-disk cache). With ``record``, each thread also takes ``stats.activation_sums`` of the
+    block it has just written (part: (T, L, ≥ 3), zmax: (T, L, max width) scratch), combined
+    into buf.stats."""
+    sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha = net
+    a_off, acts, zs, hs, deltas, Y, grads, stats, norms = buf
     L = sizes.size - 1
     for k in range(L):
-        n_in, n_out = sizes[k], sizes[k + 1]
+        n_out = sizes[k + 1]
         code = act if k < L - 1 else out_act
         for t in prange(T):
             r0, r1 = t * mb // T, (t + 1) * mb // T
             if r1 > r0:
-                net_t = Net(sizes, w_off, b_off, act, out_act, loss)
-                buf_t = Buffers(a_off, acts, zs, deltas, Y, grads, stats)
-                off = a_off[k + 1] + r0 * n_out
-                dense(theta, net_t, k, buf_t, a_off[k] + r0 * n_in, off, r1 - r0)
+                net_t = Net(sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip,
+                            alpha)  # fmt: skip
+                buf_t = Buffers(a_off, acts, zs, hs, deltas, Y, grads, stats, norms)
+                plain_dense(theta, net_t, k, buf_t, r0, r1 - r0)
                 if record:
-                    activation_sums(code, z_block(code, buf_t, off, r1 - r0, n_out),
-                                    block(acts, off, r1 - r0, n_out), part[t, k],
-                                    zmax[t, k])  # fmt: skip
+                    off = a_off[k + 1] + r0 * n_out
+                    block_t = block(acts, off, r1 - r0, n_out)
+                    activation_sums(code, block_t, block_t, part[t, k], zmax[t, k])
     if record:
         _combine(net, buf, mb, T, part, zmax)
 
@@ -97,18 +104,19 @@ def _combine(net, buf, mb, T, part, zmax):
 
 @njit(parallel=True, **JIT)
 def backward(theta, net, buf, mb):
-    """``backward.backward`` with ∂L/∂W_l and δ_{l−1} of each layer on two threads."""
+    """``backward.backward`` of a plain net with ∂L/∂W_l and δ_{l−1} of each layer on two
+    threads."""
     output_delta(net, buf, mb)
-    sizes, w_off, b_off, act, out_act, loss = net
-    a_off, acts, zs, deltas, Y, grads, stats = buf
+    sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha = net
+    a_off, acts, zs, hs, deltas, Y, grads, stats, norms = buf
     for k in range(sizes.size - 2, -1, -1):
         for task in prange(2):
-            net_t = Net(sizes, w_off, b_off, act, out_act, loss)
-            buf_t = Buffers(a_off, acts, zs, deltas, Y, grads, stats)
+            net_t = Net(sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha)
+            buf_t = Buffers(a_off, acts, zs, hs, deltas, Y, grads, stats, norms)
             if task == 0:
                 weight_grad(net_t, k, buf_t, mb)
             elif k > 0:
-                delta_below(theta, net_t, k, buf_t, mb)
+                plain_delta_below(theta, net_t, k, buf_t, mb)
 
 
 @njit(parallel=True, **JIT)

@@ -27,6 +27,8 @@ LAYER_SLOTS = (
     "frac_saturated",
     "frac_dead",
     "nonfinite",
+    "grad_norm_affine",
+    "delta_rms_normed",
 )
 (
     L_GRAD_W,
@@ -40,10 +42,15 @@ LAYER_SLOTS = (
     L_FRAC_SAT,
     L_FRAC_DEAD,
     L_NONFINITE,
+    L_GRAD_AFFINE,
+    L_DELTA_RMS_NORMED,
 ) = range(len(LAYER_SLOTS))
 
 # Per-layer sums of one step (``stats[k, T_*]``): the gradient ones come from the backward
 # pass every step, the activation ones from the forward pass's output on record steps only.
-STATS = ("act_sum", "act_sumsq", "saturated", "dead", "delta_sumsq", "gW_sumsq", "gb_sumsq")
-T_ACT_SUM, T_ACT_SQ, T_SAT, T_DEAD, T_DELTA_SQ, T_GW_SQ, T_GB_SQ = range(len(STATS))
+STATS = ("act_sum", "act_sumsq", "saturated", "dead", "delta_sumsq", "gW_sumsq", "gb_sumsq",
+         "gaffine_sumsq", "delta_normed_sumsq")  # fmt: skip
+T_ACT_SUM, T_ACT_SQ, T_SAT, T_DEAD, T_DELTA_SQ, T_GW_SQ, T_GB_SQ, T_GAFF_SQ, T_DELTA_U_SQ = range(
+    len(STATS)
+)
 N_STATS = len(STATS)

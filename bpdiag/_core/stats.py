@@ -1,6 +1,7 @@
 """The recorders: per-layer statistics of a step, and the record they make (``slots``).
 
-The gradient sums (‖∂L/∂W_l‖², ‖∂L/∂b_l‖², Σδ_l²) come from the backward pass every step, and
+The gradient sums (‖∂L/∂W_l‖², ‖∂L/∂b_l‖², ‖(∂L/∂γ_l, ∂L/∂β_l)‖², Σδ_l²) come from the
+backward pass every step, and
 ‖Δθ‖², ‖θ‖², ‖g‖² from the optimizer's pass. The activation statistics take one pass over the
 activations the forward pass left, on record steps only.
 """
@@ -13,14 +14,16 @@ import numpy as np
 from numba import njit
 
 from bpdiag._core.codes import CLIP_NORM, ELU, GELU, LEAKY_RELU, RELU, SELU, SIGMOID, TANH
-from bpdiag._core.forward import block, z_block
+from bpdiag._core.forward import block
 from bpdiag._core.jit import FAST, JIT
 from bpdiag._core.slots import (
     L_ACT_MEAN,
     L_ACT_STD,
     L_DELTA_RMS,
+    L_DELTA_RMS_NORMED,
     L_FRAC_DEAD,
     L_FRAC_SAT,
+    L_GRAD_AFFINE,
     L_GRAD_B,
     L_GRAD_W,
     L_GRAD_W_CLIPPED,
@@ -37,6 +40,8 @@ from bpdiag._core.slots import (
     T_ACT_SUM,
     T_DEAD,
     T_DELTA_SQ,
+    T_DELTA_U_SQ,
+    T_GAFF_SQ,
     T_GB_SQ,
     T_GW_SQ,
     T_SAT,
@@ -44,63 +49,79 @@ from bpdiag._core.slots import (
 
 
 @njit(**FAST)
-def activation_sums(code, Z, A, st, zmax):
-    """Statistics of a block of rows of one layer, in one pass: Σa and Σa² (in float64) into
-    st[T_ACT_SUM], st[T_ACT_SQ]; for tanh (|a| > 0.99) and sigmoid (a < 0.01 or a > 0.99) the
-    saturated count into st[T_SAT], for the other activations the column maxima of z into
-    zmax[:n] (a unit is dead where z ≤ 0 on every row; for relu Z is the a block, a ≤ 0 ⇔ z ≤ 0).
-    Blocks of rows combine by adding the sums and taking the larger zmax (``dead_units``)."""
-    mb, n = Z.shape
-    flat = A.ravel()  # one loop over the contiguous block: one reduction, not one per row
+def activation_sums(code, H, A, st, hmax):
+    """Statistics of a block of rows of one layer, in one pass: Σa and Σa² of its output a
+    (in float64) into st[T_ACT_SUM], st[T_ACT_SQ]; over h = φ(u) (h is a but where a skip
+    connection adds a_{l−1}), for tanh (|h| > 0.99) and sigmoid (h < 0.01 or h > 0.99) the
+    saturated count into st[T_SAT], for the other activations the column maxima into hmax[:n]
+    (a unit is dead where its u ≤ 0 on every row, and for the ReLU family u ≤ 0 ⇔ h ≤ 0).
+    Blocks of rows combine by adding the sums and taking the larger hmax (``dead_units``)."""
+    mb, n = A.shape
+    fa, fh = A.ravel(), H.ravel()  # one loop over contiguous blocks: one reduction, not one per row
     s = 0.0
     s2 = 0.0
     sat = 0.0
     if code == TANH:
-        for i in range(flat.size):
-            a = flat[i]
-            s += np.float64(a)
-            s2 += np.float64(a) * np.float64(a)
-            sat += 1.0 if abs(a) > 0.99 else 0.0
+        for i in range(fa.size):
+            a = np.float64(fa[i])
+            s += a
+            s2 += a * a
+            sat += 1.0 if abs(fh[i]) > 0.99 else 0.0
     elif code == SIGMOID:
-        for i in range(flat.size):
-            a = flat[i]
-            s += np.float64(a)
-            s2 += np.float64(a) * np.float64(a)
-            sat += 1.0 if (a < 0.01) | (a > 0.99) else 0.0
+        for i in range(fa.size):
+            a = np.float64(fa[i])
+            s += a
+            s2 += a * a
+            h = fh[i]
+            sat += 1.0 if (h < 0.01) | (h > 0.99) else 0.0
     else:
-        zmax[:n] = -np.inf
+        hmax[:n] = -np.inf
         for i in range(mb):
             for j in range(n):
-                a = A[i, j]
-                s += np.float64(a)
-                s2 += np.float64(a) * np.float64(a)
-                zmax[j] = max(zmax[j], Z[i, j])
+                a = np.float64(A[i, j])
+                s += a
+                s2 += a * a
+                hmax[j] = max(hmax[j], H[i, j])
     st[T_ACT_SUM] = s
     st[T_ACT_SQ] = s2
     st[T_SAT] = sat
 
 
 @njit(**JIT)
-def dead_units(code, zmax):
-    """Units with zmax ≤ 0 (``activation_sums``); 0 for tanh and sigmoid, which keep no zmax."""
+def dead_units(code, hmax):
+    """Units with hmax ≤ 0 (``activation_sums``); 0 for tanh and sigmoid, which keep no hmax."""
     dead = 0.0
     if code != TANH and code != SIGMOID:
-        for j in range(zmax.size):
-            dead += 1.0 if zmax[j] <= 0 else 0.0
+        for j in range(hmax.size):
+            dead += 1.0 if hmax[j] <= 0 else 0.0
     return dead
 
 
 @njit(**JIT)
-def activation_stats(net, buf, mb, zmax):
+def h_block(net, k, buf, off, rows):
+    """The (rows, n_l) block of h_l = φ(u_l): its own where layer l has a skip, else a_l's."""
+    n = net.sizes[k + 1]
+    return block(buf.hs if net.skip[k] != 0 else buf.acts, off, rows, n)
+
+
+@njit(**JIT)
+def activation_stats(net, buf, mb, hmax):
     """Every layer's activation statistics over the first mb rows into buf.stats
-    (zmax: (L, max width) scratch)."""
+    (hmax: (L, max width) scratch)."""
     L = net.sizes.size - 1
     for k in range(L):
         n, off = net.sizes[k + 1], buf.a_off[k + 1]
         code = net.act if k < L - 1 else net.out_act
-        activation_sums(code, z_block(code, buf, off, mb, n), block(buf.acts, off, mb, n),
-                        buf.stats[k], zmax[k])  # fmt: skip
-        buf.stats[k, T_DEAD] = dead_units(code, zmax[k, :n])
+        activation_sums(code, h_block(net, k, buf, off, mb), block(buf.acts, off, mb, n),
+                        buf.stats[k], hmax[k])  # fmt: skip
+        buf.stats[k, T_DEAD] = dead_units(code, hmax[k, :n])
+
+
+@njit(**JIT)
+def grad_sq(net, buf, k):
+    """‖∂L/∂θ_l‖² of layer l = k + 1: its W and b, and its γ and β where it has them."""
+    st = buf.stats[k]
+    return st[T_GW_SQ] + st[T_GB_SQ] + (st[T_GAFF_SQ] if net.g_off[k] >= 0 else 0.0)
 
 
 @njit(**JIT)
@@ -128,12 +149,14 @@ def record_gradients(rec, row, step, loss, acc, total_sq, net, buf, mb):
         hidden = k < L - 1
         out[L_FRAC_SAT] = st[T_SAT] / cnt if hidden and (act == SIGMOID or act == TANH) else np.nan
         out[L_FRAC_DEAD] = st[T_DEAD] / n_out if hidden and relu_family else np.nan
+        normed = net.g_off[k] >= 0
+        out[L_GRAD_AFFINE] = math.sqrt(st[T_GAFF_SQ]) if normed else np.nan
+        out[L_DELTA_RMS_NORMED] = math.sqrt(mb * st[T_DELTA_U_SQ]) if normed else np.nan
         bad = 0
-        if not math.isfinite(st[T_GW_SQ] + st[T_GB_SQ]):  # a finite sum of squares has no NaN/Inf
-            w0, b0 = net.w_off[k], net.b_off[k]
-            for p in range(w0, w0 + n_out * n_in):
-                bad += 0 if math.isfinite(buf.grads[p]) else 1
-            for p in range(b0, b0 + n_out):
+        # a finite sum of squares has no NaN/Inf; the layer's W, b (and γ, β) lie side by side
+        if not math.isfinite(grad_sq(net, buf, k)):
+            w0 = net.w_off[k]
+            for p in range(w0, w0 + n_out * n_in + n_out * (3 if normed else 1)):
                 bad += 0 if math.isfinite(buf.grads[p]) else 1
         out[L_NONFINITE] = bad
 
@@ -142,15 +165,16 @@ def record_gradients(rec, row, step, loss, acc, total_sq, net, buf, mb):
 def record_update(rec, row, net, setup, coef, total_sq, sums, seg):
     """The rest of the record, from the optimizer's sums of each piece (``sums``, (pieces, 3):
     ‖Δθ‖², ‖θ‖², ‖g‖²): per layer ‖∂L/∂W_l‖ after clipping, ‖W_l‖ and ‖ΔW_l‖/‖W_l‖; the total
-    clipped norm and the clipping factor. seg: (2L, 3) scratch, one row per W_l and b_l."""
+    clipped norm and the clipping factor. seg: (3L, 3) scratch, one row per W_l, b_l and the
+    layer's (γ_l, β_l) (``parallel.pieces``)."""
     pcs = setup.pieces
     seg[:] = 0.0
     for q in range(pcs.shape[1]):
         seg[pcs[2, q]] += sums[q]
     clipped_sq = 0.0
     for k in range(net.sizes.size - 1):
-        dsq, wsq, gwsq = seg[2 * k, 0], seg[2 * k, 1], seg[2 * k, 2]
-        clipped_sq += gwsq + seg[2 * k + 1, 2]
+        dsq, wsq, gwsq = seg[3 * k, 0], seg[3 * k, 1], seg[3 * k, 2]
+        clipped_sq += gwsq + seg[3 * k + 1, 2] + seg[3 * k + 2, 2]
         rec.layers[row, k, L_GRAD_W_CLIPPED] = math.sqrt(gwsq)
         rec.layers[row, k, L_WEIGHT_NORM] = math.sqrt(wsq)
         rec.layers[row, k, L_UPDATE_RATIO] = math.sqrt(dsq / wsq) if wsq > 0 else np.inf

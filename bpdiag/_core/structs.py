@@ -23,11 +23,18 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bpdiag._core.codes import BATCHNORM, NO_NORM, TASK_TRAIN
 from bpdiag._core.slots import N_STATS
 
 
 class Net(NamedTuple):
-    """A net as the kernels see it: where each layer lives in theta, and what it computes."""
+    """A net as the kernels see it: where each layer lives in theta, and what it computes.
+
+    Hidden layer l (1 ≤ l < L) computes z_l = a_{l−1} W_lᵀ + b_l, u_l = norm(z_l) (u_l = z_l
+    without normalization), h_l = φ(u_l), and a_l = a_{l−1} + α h_l where it has a skip
+    connection, else a_l = h_l. The output layer is z_L = a_{L−1} W_Lᵀ + b_L, a_L = φ_out(z_L).
+    theta holds, layer after layer, W_l, b_l and, for a normalized layer, γ_l then β_l.
+    """
 
     sizes: np.ndarray  # (L + 1,) int64: [n_0 = n_in, n_1, ..., n_L = n_out]
     w_off: np.ndarray  # (L,) int64: W_l is theta[w_off[k] : w_off[k] + n_l n_{l−1}]
@@ -35,17 +42,44 @@ class Net(NamedTuple):
     act: int  # code of the hidden activation (``codes``)
     out_act: int  # code of the output activation (linear for bce and ce)
     loss: int  # code of the loss
+    norm: int  # code of the hidden layers' normalization
+    g_off: np.ndarray  # (L,) int64: γ_l at theta[g_off[k]:][:n_l], β_l right after; −1: none
+    r_off: np.ndarray  # (L,) int64: BatchNorm's running mean and variance of layer l at
+    #                    running[0 and 1, r_off[k]:][:n_l]; −1: none
+    skip: np.ndarray  # (L,) int64: 1 where layer l has a skip connection
+    alpha: float  # α, the scale of the residual branch
 
 
-def make_net(sizes: list[int], act: int, out_act: int, loss: int) -> Net:
+def make_net(sizes: list[int], act: int, out_act: int, loss: int, norm: int = NO_NORM,
+             residual: bool = False, alpha: float = 1.0) -> Net:  # fmt: skip
+    """The layout of a net; with ``residual``, every hidden layer but the first whose input and
+    output widths match gets a skip connection."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    fan = sizes[:-1] * sizes[1:]
-    w_off = np.concatenate([[0], np.cumsum(fan + sizes[1:])[:-1]]).astype(np.int64)
-    return Net(sizes, w_off, w_off + fan, int(act), int(out_act), int(loss))
+    L = sizes.size - 1
+    width = sizes[1:]
+    normed = (np.arange(L) < L - 1) & (norm != NO_NORM)
+    fan = sizes[:-1] * width
+    size = fan + width + 2 * width * normed  # W, b and (γ, β) of each layer
+    w_off = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
+    b_off = w_off + fan
+    g_off = np.where(normed, b_off + width, -1).astype(np.int64)
+    running = normed & (norm == BATCHNORM)
+    r_off = np.where(running, np.concatenate([[0], np.cumsum(width * running)[:-1]]), -1)
+    skip = np.zeros(L, np.int64)
+    if residual:
+        skip[1 : L - 1] = sizes[1 : L - 1] == sizes[2:L]
+    return Net(sizes, w_off, b_off, int(act), int(out_act), int(loss), int(norm), g_off,
+               r_off.astype(np.int64), skip, float(alpha))  # fmt: skip
 
 
 def n_params(net: Net) -> int:
-    return int(np.sum(net.sizes[:-1] * net.sizes[1:] + net.sizes[1:]))
+    width = net.sizes[1:]
+    return int(np.sum(net.sizes[:-1] * width + width + 2 * width * (net.g_off >= 0)))
+
+
+def n_running(net: Net) -> int:
+    """Units whose BatchNorm keeps running statistics."""
+    return int(np.sum(net.sizes[1:] * (net.r_off >= 0)))
 
 
 class Buffers(NamedTuple):
@@ -53,20 +87,31 @@ class Buffers(NamedTuple):
 
     a_off: np.ndarray  # (L + 1,) int64: offsets of the (cap, n_j) blocks j = 0..L
     acts: np.ndarray  # a_0 (the input batch), a_1, ..., a_L
-    zs: np.ndarray  # z_l, where φ' or the statistics need it (``elementwise.needs_z``)
-    deltas: np.ndarray  # ∂L/∂a_L, then δ_l
+    zs: np.ndarray  # z_l where φ' needs it (``elementwise.needs_z``); ẑ_l of a normalized layer
+    hs: np.ndarray  # h_l = φ(u_l) of a layer with a skip connection (a_l is a_{l−1} + α h_l)
+    deltas: np.ndarray  # ∂L/∂a_L, then ∂L/∂a_l and δ_l
     Y: np.ndarray  # (cap, k): the batch's targets (ce: integer labels as floats, k = 1)
     grads: np.ndarray  # (n_params,) ∂L/∂θ, laid out like theta
     stats: np.ndarray  # (L, N_STATS) float64: the step's per-layer sums (``slots.STATS``)
+    norms: np.ndarray  # (L, N_NORM, max(width, cap)) float64: normalization statistics
+
+
+# rows of Buffers.norms: per unit (BatchNorm) or per row (LayerNorm)
+NM_MEAN, NM_ISTD, NM_VAR, NM_SUM_G, NM_SUM_GZ = range(5)
+N_NORM = 5
 
 
 def make_buffers(net: Net, cap: int, n_targets: int, dtype: np.dtype) -> Buffers:
     a_off = cap * np.concatenate([[0], np.cumsum(net.sizes)]).astype(np.int64)
     n = int(a_off[-1])
     L = net.sizes.size - 1
-    return Buffers(a_off, np.zeros(n, dtype), np.zeros(n, dtype), np.zeros(n, dtype),
+    widest = int(net.sizes.max())
+    normed = bool(np.any(net.g_off >= 0))
+    return Buffers(a_off, np.zeros(n, dtype), np.zeros(n, dtype),
+                   np.zeros(n if net.skip.any() else 1, dtype), np.zeros(n, dtype),
                    np.zeros((cap, n_targets), dtype), np.zeros(n_params(net), dtype),
-                   np.zeros((L, N_STATS)))  # fmt: skip
+                   np.zeros((L, N_STATS)),
+                   np.zeros((L, N_NORM, max(widest, cap) if normed else 1)))  # fmt: skip
 
 
 class Hyper(NamedTuple):
@@ -94,6 +139,7 @@ class Setup(NamedTuple):
     nan_guard: bool  # stop at the first non-finite loss or gradient, before its update
     threads: int  # 1: the passes of one thread; more: those of ``parallel``
     pieces: np.ndarray  # (3, n) int64: [lo, hi) and segment of each optimizer piece
+    task: int = TASK_TRAIN  # or one pass over a batch (``codes``, ``loop.train_steps``)
 
 
 class Feed(NamedTuple):

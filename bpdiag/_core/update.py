@@ -53,16 +53,20 @@ def clip(setup, theta, grads, net, total_sq):
         return 1.0, clipped
     for k in range(net.sizes.size - 1):
         n_in, n_out = net.sizes[k], net.sizes[k + 1]
-        w0, b0 = net.w_off[k], net.b_off[k]
+        w0, b0, g0 = net.w_off[k], net.b_off[k], net.g_off[k]
+        end = b0 + n_out + (2 * n_out if g0 >= 0 else 0)  # W, b, then (γ, β): side by side
         if mode == CLIP_LAYER:
-            norm = math.sqrt(sumsq(grads, w0, w0 + n_out * n_in) + sumsq(grads, b0, b0 + n_out))
-            coef = min(c / (norm + NORM_EPS), 1.0)
-            scale(grads, w0, w0 + n_out * n_in, coef)
-            scale(grads, b0, b0 + n_out, coef)
+            coef = min(c / (math.sqrt(sumsq(grads, w0, end)) + NORM_EPS), 1.0)
+            scale(grads, w0, end, coef)
             clipped |= coef < 1.0
         elif mode == CLIP_AGC:
-            for i in range(n_out + 1):  # rows of W, then the bias vector as one unit
-                lo, hi = (w0 + i * n_in, w0 + (i + 1) * n_in) if i < n_out else (b0, b0 + n_out)
+            # units: the rows of W, then the bias, γ and β vectors, each as one unit
+            for i in range(n_out + (3 if g0 >= 0 else 1)):
+                if i < n_out:
+                    lo, hi = w0 + i * n_in, w0 + (i + 1) * n_in
+                else:
+                    lo = b0 + (i - n_out) * n_out
+                    hi = lo + n_out
                 g_norm = math.sqrt(sumsq(grads, lo, hi))
                 max_norm = c * max(math.sqrt(sumsq(theta, lo, hi)), AGC_EPS)
                 if not g_norm < max_norm:

@@ -22,6 +22,9 @@ class Defaults:
     init: str = "he_normal"
     dtype: str = "float64"
     seed: int = 0
+    norm: str = "none"
+    residual: bool = False
+    residual_scale: float = 1.0
     # training
     optimizer: str = "adam"
     lr: float = 1e-3

@@ -11,6 +11,7 @@ from problems import make_problem
 from threadpoolctl import threadpool_info
 
 from bpdiag import MLP, train
+from bpdiag._core.codes import BATCHNORM, LAYERNORM, NO_NORM
 from bpdiag._core.parallel import pieces
 from bpdiag._core.structs import make_net, n_params
 
@@ -28,17 +29,24 @@ CASES = [  # activation, loss, optimizer, its options, clip, clip value
 ]
 
 
-@given(widths=st.lists(st.integers(1, 70), min_size=2, max_size=6), size=st.integers(1, 300))
-def test_pieces_cover_theta_once_in_order(widths, size):
-    lay = make_net(widths, 0, 0, 0)
+@given(widths=st.lists(st.integers(1, 70), min_size=2, max_size=6), size=st.integers(1, 300),
+       norm=st.sampled_from([NO_NORM, BATCHNORM, LAYERNORM]))  # fmt: skip
+def test_pieces_cover_theta_once_in_order(widths, size, norm):
+    lay = make_net(widths, 0, 0, 0, norm)
     lo, hi, seg = pieces(lay, size)
     assert lo[0] == 0 and hi[-1] == n_params(lay)
     assert np.all(lo[1:] == hi[:-1]) and np.all(hi > lo)
     for k in range(len(widths) - 1):
-        w = seg == 2 * k
+        w = seg == 3 * k
         assert lo[w][0] == lay.w_off[k] and hi[w][-1] == lay.b_off[k]
         assert np.all(hi[w] - lo[w] <= size)
-        assert lo[seg == 2 * k + 1][0] == lay.b_off[k]
+        assert lo[seg == 3 * k + 1][0] == lay.b_off[k]
+        affine = seg == 3 * k + 2
+        assert affine.any() == (lay.g_off[k] >= 0)
+        if affine.any():
+            assert (
+                lo[affine][0] == lay.g_off[k] and hi[affine][0] == lay.g_off[k] + 2 * widths[k + 1]
+            )
 
 
 @two_threads
@@ -61,6 +69,23 @@ def test_two_threads_train_as_one(activation, loss, optimizer, options, clip, c,
     np.testing.assert_allclose(two.theta, one.theta, rtol=rtol, atol=atol)
     for a, b in ((h1.steps, h2.steps), (h1.layers, h2.layers)):
         np.testing.assert_allclose(b.to_numpy(float), a.to_numpy(float), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize(("norm", "residual"), [("batchnorm", False), ("layernorm", True),
+                                                ("none", True)])  # fmt: skip
+def test_normalized_and_residual_nets_run_their_passes_on_one_thread(norm, residual):
+    """The two-core passes cover plain nets; a normalized or residual net trains on one thread
+    whatever ``threads`` asks (its GEMMs on the BLAS's threads)."""
+    net = MLP([64] + [128] * 19 + [1], norm=norm, residual=residual)
+    assert train_module._threads(None, net, 128) == 1 and train_module._threads(2, net, 128) == 1
+    X, Y = make_problem("bce", m=38, n_in=9, n_out=3, seed=1)
+    runs = []
+    for threads in (1, 2):
+        net = MLP([9, 40, 40, 40, 3], seed=3, norm=norm, residual=residual)
+        hist = train(net, X, Y, steps=10, batch_size=12, record_every=1, threads=threads)
+        runs.append((net.theta.copy(), hist.layers.to_numpy(float)))
+    for a, b in zip(*runs, strict=True):
+        assert np.array_equal(a, b, equal_nan=True)
 
 
 @two_threads

@@ -120,3 +120,40 @@ def test_float32_norms_of_tiny_gradients_are_taken_in_float64():
     assert 1e-26 < want[0] < 1e-22
     assert layers["grad_norm_W"].to_numpy() == pytest.approx(want, rel=1e-6)
     assert np.all(layers["delta_rms"].to_numpy()[:2] > 1e-26)
+
+
+@pytest.mark.parametrize(
+    ("activation", "norm", "residual", "optimizer", "clip", "c"),
+    [
+        ("relu", "batchnorm", False, "adam", "norm", 0.05),
+        ("tanh", "layernorm", True, "momentum", "agc", 0.05),
+        ("sigmoid", "batchnorm", True, "sgd", "layer", 0.05),
+        ("gelu", "none", True, "rmsprop", "value", 0.01),
+    ],
+)
+def test_layer_records_of_normalized_and_residual_nets(activation, norm, residual, optimizer,
+                                                       clip, c):  # fmt: skip
+    net = MLP([5, 9, 9, 9, 2], activation=activation, loss="bce", init="he_uniform", seed=4,
+              norm=norm, residual=residual, residual_scale=0.6)  # fmt: skip
+    X, Y = make_problem("bce", m=20, n_out=2)
+    X *= 3
+    start = net.params
+    hist = train(net, X, Y, optimizer=optimizer, lr=0.05, steps=3, batch_size=None, clip=clip,
+                 clip_value=c, record_every=1)  # fmt: skip
+    for s in range(3):
+        params, _ = ref.train_net(start, X, Y, activation, "bce", norm, residual, 0.6, optimizer,
+                                  0.05, s, clip, c)  # fmt: skip
+        after, _ = ref.train_net(start, X, Y, activation, "bce", norm, residual, 0.6, optimizer,
+                                 0.05, s + 1, clip, c)  # fmt: skip
+        expected = ref.layer_stats_net(params, after, X, Y, activation, "bce", clip, c, norm,
+                                       residual, 0.6)  # fmt: skip
+        got = hist.layers[hist.layers.step == s]
+        for l, row in enumerate(expected):
+            for col in LAYER_COLUMNS:
+                value = got[col].iloc[l]
+                # under BatchNorm ∂L/∂b_l is 0 but for rounding (~1e-18 here)
+                noise = 1e-15 if col == "grad_norm_b" and norm == "batchnorm" and l < 3 else 1e-300
+                if np.isnan(row[col]):
+                    assert np.isnan(value), (s, l + 1, col)
+                else:
+                    assert value == pytest.approx(row[col], rel=1e-10, abs=noise), (s, l + 1, col)
