@@ -89,7 +89,7 @@ class Bpdiag:
         return hist.train_seconds / n
 
 
-BASELINE_SERVER = """
+CHILD_SERVER = """
 import sys
 try:
     import torch  # as in this script: before bpdiag's first kernel
@@ -112,17 +112,21 @@ for line in sys.stdin:
 """
 
 
-class Baseline:
-    """bpdiag's step from another checkout (``--baseline DIR``), in a child process that
-    waits on a pipe between runs, so that it interleaves with the others like any peer."""
-
-    name = "baseline"
+class Child:
+    """bpdiag's step in a child process that waits on a pipe between runs, so that it
+    interleaves with the others like any peer: this checkout's (``root`` None) or another's
+    (``--baseline DIR``). The two children of an A/B start alike, neither sharing its process
+    with PyTorch's threads."""
 
     def __init__(self, root, cfg, act, dtype):
+        self.name = "baseline" if root else "this"
         _, _, batch, n_in = CONFIGS[cfg]
         args = [cfg, act, dtype, ",".join(map(str, sizes_of(cfg))), str(batch), str(n_in)]
-        env = {**os.environ, "PYTHONPATH": str(Path(root).resolve())}
-        self.proc = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER, *args], env=env,
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        if root:
+            env["PYTHONPATH"] = str(Path(root).resolve())
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD_SERVER, *args], env=env,
                                      cwd=tempfile.gettempdir(), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
 
@@ -131,7 +135,7 @@ class Baseline:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError("the baseline's process ended; see its error above")
+            raise RuntimeError("a child's process ended; see its error above")
         return float(line)
 
     def close(self) -> None:
@@ -372,7 +376,7 @@ def markdown(result: dict) -> str:
     ]
     base = all("baseline_ms" in r for r in result["steps"])
     lines.append("| case | bpdiag ms | PyTorch ms | NumPy ms | PyTorch / bpdiag | GFLOP/s | of GEMM |"
-                 + (" baseline ms | bpdiag / baseline |" if base else ""))  # fmt: skip
+                 + (" this, alone ms | baseline, alone ms | this / baseline |" if base else ""))  # fmt: skip
     lines.append(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if base else "")
     )
@@ -380,7 +384,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['config']} {r['activation']} {r['dtype']} | {r['bpdiag_ms']:.3f} | "
                      f"{r['torch_ms']:.3f} | {r['numpy_ms']:.3f} | {r['speedup_vs_torch']:.2f}× | "
                      f"{r['gflops']:.0f} | {r['fraction_of_gemm']:.0%} |"
-                     + (f" {r['baseline_ms']:.3f} | {r['vs_baseline']:.3f} |" if base else ""))  # fmt: skip
+                     + (f" {r['this_ms']:.3f} | {r['baseline_ms']:.3f} | {r['vs_baseline']:.3f} |"
+                        if base else ""))  # fmt: skip
     lines.append("")
     for dtype, cost in result.get("recording_overhead", {}).items():
         lines.append(f"- Recording every step, M tanh {dtype}: {cost:+.1%} a step.")
@@ -407,8 +412,9 @@ def main() -> None:
     ap.add_argument("--no-sweep", action="store_true", help="skip timing sweeps/default.yaml")
     ap.add_argument("--out", default="bench-results/bench.json")
     ap.add_argument("--markdown", metavar="JSON", help="print a saved run as Markdown and exit")
-    ap.add_argument("--baseline", metavar="DIR", help="also time the bpdiag of this checkout "
-                    "(e.g. a git worktree of an older commit), interleaved with the rest")  # fmt: skip
+    ap.add_argument("--baseline", metavar="DIR", help="also time this checkout's bpdiag and the "
+                    "one in DIR (e.g. a git worktree of an older commit), each in a child process, "
+                    "interleaved with the rest")  # fmt: skip
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())))
@@ -422,17 +428,18 @@ def main() -> None:
     print(f"numpy GEMM (512×1024 @ 1024×1024): sgemm {result['gemm_gflops']['float32']:.0f} "
           f"GFLOP/s, dgemm {result['gemm_gflops']['float64']:.0f} GFLOP/s")  # fmt: skip
     header = f"{'case':24s} {'bpdiag ms':>10s} {'torch ms':>10s} {'numpy ms':>10s} {'torch/bp':>9s} {'np/bp':>7s} {'GFLOP/s':>8s} {'of gemm':>8s}"
-    print(header + (f" {'base ms':>9s} {'bp/base':>8s}" if args.baseline else ""))
+    print(header + (f" {'this ms':>9s} {'base ms':>9s} {'this/base':>9s}" if args.baseline else ""))
     for cfg in args.configs.split(","):
         for act in args.acts.split(","):
             for dtype in args.dtypes.split(","):
                 impls = [Bpdiag(cfg, act, dtype)]
                 impls += [Torch(cfg, act, dtype, th) for th in (1, 2)] if torch_ok else []
                 impls += [] if args.no_numpy else [Numpy(cfg, act, dtype)]
-                impls += [Baseline(args.baseline, cfg, act, dtype)] if args.baseline else []
+                if args.baseline:  # the A/B: this checkout and the other, each in a child
+                    impls += [Child(None, cfg, act, dtype), Child(args.baseline, cfg, act, dtype)]
                 med = interleaved(impls, args.seconds, best=True)
                 for impl in impls:
-                    if isinstance(impl, Baseline):
+                    if isinstance(impl, Child):
                         impl.close()
                 bp = med[impls[0]]
                 th = min((t for i, t in med.items() if i.name == "pytorch"), default=float("nan"))
@@ -443,10 +450,11 @@ def main() -> None:
                        "speedup_vs_numpy": npy / bp, "gflops": gflops,
                        "fraction_of_gemm": gflops / result["gemm_gflops"][dtype]}  # fmt: skip
                 base = next((t for i, t in med.items() if i.name == "baseline"), None)
+                this = next((t for i, t in med.items() if i.name == "this"), None)
                 extra = ""
                 if base is not None:
-                    row.update(baseline_ms=base * 1e3, vs_baseline=bp / base)
-                    extra = f" {base * 1e3:9.3f} {bp / base:8.3f}"
+                    row.update(this_ms=this * 1e3, baseline_ms=base * 1e3, vs_baseline=this / base)
+                    extra = f" {this * 1e3:9.3f} {base * 1e3:9.3f} {this / base:8.3f}"
                 result["steps"].append(row)
                 print(f"{cfg + ' ' + act + ' ' + dtype:24s} {bp * 1e3:10.3f} {th * 1e3:10.3f} "
                       f"{npy * 1e3:10.3f} {th / bp:9.2f} {npy / bp:7.2f} {gflops:8.1f} "
