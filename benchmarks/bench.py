@@ -69,10 +69,10 @@ def problem(cfg: str, dtype: str) -> tuple[np.ndarray, np.ndarray]:
 class Bpdiag:
     name = "bpdiag"
 
-    def __init__(self, cfg, act, dtype, record_every=1):
+    def __init__(self, cfg, act, dtype, record_every=1, norm="none"):
         self.X, self.Y = problem(cfg, dtype)
         self.net = bpdiag.MLP(sizes_of(cfg), activation=act, loss="bce", init="xavier_normal",
-                              dtype=dtype)  # fmt: skip
+                              dtype=dtype, norm=norm)  # fmt: skip
         self.record_every = record_every
 
     def recording(self, record_every: int) -> Bpdiag:
@@ -146,17 +146,20 @@ class Child:
 class Torch:
     name = "pytorch"
 
-    def __init__(self, cfg, act, dtype, threads):
+    def __init__(self, cfg, act, dtype, threads, norm="none"):
         import torch
 
         self.torch, self.threads = torch, threads
         torch.set_num_threads(threads)
         acts = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}
+        norms = {"batchnorm": torch.nn.BatchNorm1d, "layernorm": torch.nn.LayerNorm}
         sizes = sizes_of(cfg)
         layers = []
         for k in range(len(sizes) - 1):
             layers.append(torch.nn.Linear(sizes[k], sizes[k + 1]))
             if k < len(sizes) - 2:
+                if norm != "none":
+                    layers.append(norms[norm](sizes[k + 1]))
                 layers.append(acts[act]())
         dt = getattr(torch, dtype)
         self.model = torch.nn.Sequential(*layers).to(dt)
@@ -408,6 +411,9 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--seconds", type=float, default=1.5, help="per implementation and case")
     ap.add_argument("--no-numpy", action="store_true", help="skip the plain-NumPy peer")
+    ap.add_argument("--norms", default="batchnorm,layernorm",
+                    help="normalized nets against the plain one and PyTorch's ('' skips)")  # fmt: skip
+    ap.add_argument("--norm-configs", default="M,L")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time runs")
     ap.add_argument("--no-sweep", action="store_true", help="skip timing sweeps/default.yaml")
     ap.add_argument("--out", default="bench-results/bench.json")
@@ -459,6 +465,27 @@ def main() -> None:
                 print(f"{cfg + ' ' + act + ' ' + dtype:24s} {bp * 1e3:10.3f} {th * 1e3:10.3f} "
                       f"{npy * 1e3:10.3f} {th / bp:9.2f} {npy / bp:7.2f} {gflops:8.1f} "
                       f"{row['fraction_of_gemm']:8.0%}{extra}", flush=True)  # fmt: skip
+    if args.norms:
+        print(f"\n{'case':34s} {'bpdiag ms':>10s} {'plain ms':>10s} {'torch ms':>10s} "
+              f"{'bp/plain':>9s} {'torch/bp':>9s}")  # fmt: skip
+    result["norm_steps"] = []
+    for cfg in args.norm_configs.split(",") if args.norms else []:
+        for act in args.acts.split(","):
+            for dtype in args.dtypes.split(","):
+                for norm in args.norms.split(","):
+                    impls = [Bpdiag(cfg, act, dtype, norm=norm), Bpdiag(cfg, act, dtype)]
+                    impls += [Torch(cfg, act, dtype, th, norm) for th in (1, 2)] if torch_ok else []
+                    med = interleaved(impls, args.seconds, best=True)
+                    bp, plain = med[impls[0]], med[impls[1]]
+                    th = min((t for i, t in med.items() if i.name == "pytorch"),
+                             default=float("nan"))  # fmt: skip
+                    row = {"config": cfg, "activation": act, "dtype": dtype, "norm": norm,
+                           "bpdiag_ms": bp * 1e3, "plain_ms": plain * 1e3, "torch_ms": th * 1e3,
+                           "vs_plain": bp / plain, "speedup_vs_torch": th / bp}  # fmt: skip
+                    result["norm_steps"].append(row)
+                    print(f"{' '.join((cfg, act, dtype, norm)):34s} {bp * 1e3:10.3f} "
+                          f"{plain * 1e3:10.3f} {th * 1e3:10.3f} {bp / plain:9.2f} "
+                          f"{th / bp:9.2f}", flush=True)  # fmt: skip
     overhead = {}
     for dtype in args.dtypes.split(","):
         on = Bpdiag("M", "tanh", dtype, 1)

@@ -10,7 +10,25 @@ from bpdiag.choices.activations import ACTIVATIONS
 from bpdiag.choices.clipping import CLIPPING
 from bpdiag.choices.defaults import DEFAULTS as D
 from bpdiag.choices.losses import LOSSES
+from bpdiag.choices.norms import NORMS
 from bpdiag.choices.optim import OPTIMIZERS
+
+
+class _NumberOrName(click.ParamType):
+    """A value that is a number or a name ('0.5' → 0.5, 'inv_sqrt_depth' stays)."""
+
+    name = "number|name"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
+NUMBER_OR_NAME = _NumberOrName()
 
 
 def _dataset_names() -> list[str]:
@@ -46,10 +64,16 @@ def main() -> None:
 @click.option("--seed", type=click.IntRange(0), default=D.seed, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=D.dtype,
               show_default=True)  # fmt: skip
+@click.option("--norm", type=click.Choice(list(NORMS)), default=D.norm, show_default=True,
+              help="normalize each hidden layer's pre-activation")  # fmt: skip
+@click.option("--residual", is_flag=True, default=D.residual,
+              help="skip connections around the hidden layers whose widths match")  # fmt: skip
+@click.option("--residual-scale", type=NUMBER_OR_NAME, default=D.residual_scale, show_default=True,
+              help="α of the residual branch: a number, or inv_sqrt_depth")  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bpdiag-out"),
               show_default=True, help="folder for gradient_flow.png and grad_norm_vs_depth.png")  # fmt: skip
 def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_size, clip,
-          clip_value, record_every, seed, dtype, out) -> None:  # fmt: skip
+          clip_value, record_every, seed, dtype, norm, residual, residual_scale, out) -> None:  # fmt: skip
     """Train one configuration; print the verdict, its evidence and the per-layer gradients."""
     from rich.console import Console
 
@@ -62,7 +86,8 @@ def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_s
     try:
         ds = data.load(dataset, seed=seed)
         net = bpdiag.MLP([ds.n_features, *[width] * (depth - 1), ds.n_outputs],
-                         activation=activation, loss=ds.loss, init=init, seed=seed, dtype=dtype)  # fmt: skip
+                         activation=activation, loss=ds.loss, init=init, seed=seed, dtype=dtype,
+                         norm=norm, residual=residual, residual_scale=residual_scale)  # fmt: skip
         progress = Progress(f"{dataset} depth {depth} {activation} {init}")
         hist = bpdiag.train(net, ds.X_train, ds.Y_train, optimizer=optimizer, lr=lr, steps=steps,
                             batch_size=batch_size, clip=clip, clip_value=clip_value,
@@ -92,7 +117,10 @@ def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_s
 @click.option("--per-layer", type=click.IntRange(1), default=20, show_default=True,
               help="entries checked per layer")  # fmt: skip
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-def gradcheck(depth, width, activation, loss, init, batch, per_layer, seed) -> None:
+@click.option("--norm", type=click.Choice(list(NORMS)), default=D.norm, show_default=True)
+@click.option("--residual", is_flag=True, default=D.residual)
+def gradcheck(depth, width, activation, loss, init, batch, per_layer, seed, norm,
+              residual) -> None:  # fmt: skip
     """Check backprop against central finite differences, layer by layer (float64)."""
     import numpy as np
     from rich.console import Console
@@ -108,7 +136,7 @@ def gradcheck(depth, width, activation, loss, init, batch, per_layer, seed) -> N
          "mse": rng.normal(size=(batch, n_out))}[loss]  # fmt: skip
     try:
         net = MLP([n_in, *[width] * (depth - 1), n_out], activation=activation, loss=loss,
-                  init=init, seed=seed)  # fmt: skip
+                  init=init, seed=seed, norm=norm, residual=residual)  # fmt: skip
     except (ValueError, TypeError) as err:
         raise click.UsageError(str(err)) from None
     table = check(net, X, Y, per_layer=per_layer, seed=seed)

@@ -11,7 +11,8 @@ from bpdiag.model import MLP
 def gradcheck(net: MLP, X: np.ndarray, Y: np.ndarray, h: float = 1e-6, per_layer: int = 20,
               seed: int = 0, rtol: float = 1e-6) -> pd.DataFrame:  # fmt: skip
     """Compare ``net.loss_and_grads`` with (L(θ + h e_p) − L(θ − h e_p)) / 2h on up to
-    ``per_layer`` weights and biases of every layer (drawn from ``seed``), in float64.
+    ``per_layer`` parameters of every layer (weights, biases, and a normalized layer's γ and β;
+    drawn from ``seed``), in float64.
 
     Returns one row per layer: layer, checked, max_abs_error, rel_error (‖analytic − numeric‖ /
     ‖numeric‖ over the checked entries), fd_floor (the rounding noise of the difference quotient,
@@ -30,18 +31,20 @@ def gradcheck(net: MLP, X: np.ndarray, Y: np.ndarray, h: float = 1e-6, per_layer
     rng = np.random.default_rng(seed)
     rows = []
     try:
-        for k, ((W, b), (dW, db)) in enumerate(zip(original, grads, strict=True)):
-            flat = np.concatenate([W.ravel(), b])
-            analytic = np.concatenate([dW.ravel(), db])
+        for k, (group, grad) in enumerate(zip(original, grads, strict=True)):
+            flat = np.concatenate([np.ravel(a) for a in group])  # W, b (and γ, β)
+            analytic = np.concatenate([np.ravel(g) for g in grad])
             picks = rng.choice(flat.size, size=min(per_layer, flat.size), replace=False)
             numeric = np.empty(picks.size)
+            cuts = np.cumsum([a.size for a in group])[:-1]
             for i, p in enumerate(picks):
                 losses = []
                 for sign in (1.0, -1.0):
                     trial = flat.copy()
                     trial[p] += sign * h
                     params = list(original)
-                    params[k] = (trial[: W.size].reshape(W.shape), trial[W.size :])
+                    params[k] = tuple(part.reshape(a.shape)
+                                      for part, a in zip(np.split(trial, cuts), group, strict=True))  # fmt: skip
                     net.set_params(params)
                     losses.append(net.loss_and_grads(X, Y)[0])
                 numeric[i] = (losses[0] - losses[1]) / (2 * h)

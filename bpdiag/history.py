@@ -56,7 +56,9 @@ class History:
         m = self.model
         if len(m["sizes"]) < 3:
             return None
-        return predict(m["sizes"], m["activation"], m["init"], self.input_second_moment)
+        return predict(m["sizes"], m["activation"], m["init"], self.input_second_moment,
+                       m.get("norm", "none"), m.get("skips"), m.get("alpha", 1.0),
+                       m.get("batch"))  # fmt: skip
 
     @cached_property
     def diagnosis(self) -> Diagnosis:

@@ -239,7 +239,8 @@ def train(
         final.update(zip(("test_loss", "test_accuracy"), net.evaluate(*eval_data), strict=True))
     model = {"sizes": net.sizes, "activation": net.activation, "init": net.init, "loss": net.loss,
              "dtype": net.dtype.name, "norm": net.norm, "residual": net.residual,
-             "residual_scale": net.residual_scale, "skips": net.skips, "batch": batch}  # fmt: skip
+             "residual_scale": net.residual_scale, "alpha": net.layout.alpha, "skips": net.skips,
+             "batch": batch}  # fmt: skip
     config = {
         "optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": batch_size,
         "shuffle": shuffle, "clip": clip, "clip_value": clip_value,

@@ -37,3 +37,20 @@ def test_gradcheck_command_passes_for_every_loss():
         result = CliRunner().invoke(main, ["gradcheck", "--loss", loss, "--activation", "gelu"])
         assert result.exit_code == 0, result.output
         assert "ok" in result.output and "MISMATCH" not in result.output
+
+
+def test_train_shows_the_batchnorm_explosion_and_the_skip_that_removes_it(tmp_path):
+    base = ["train", "--depth", "30", "--activation", "relu", "--norm", "batchnorm", "--steps",
+            "20", "--out", str(tmp_path / "figs")]  # fmt: skip
+    plain = CliRunner().invoke(main, base)
+    skip = CliRunner().invoke(main, [*base, "--residual", "--residual-scale", "inv_sqrt_depth"])
+    assert plain.exit_code == 0 and skip.exit_code == 0, plain.output + skip.output
+    assert "verdict: exploding" in " ".join(plain.output.split())
+    assert "verdict: healthy" in " ".join(skip.output.split())
+    bad = CliRunner().invoke(main, [*base, "--residual-scale", "half"])
+    assert bad.exit_code == 2 and "unknown residual_scale 'half'" in " ".join(bad.output.split())
+
+
+def test_gradcheck_command_takes_norm_and_residual():
+    result = CliRunner().invoke(main, ["gradcheck", "--norm", "layernorm", "--residual"])
+    assert result.exit_code == 0 and "MISMATCH" not in result.output

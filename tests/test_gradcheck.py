@@ -45,3 +45,11 @@ def test_vanishing_gradients_below_the_fd_floor_are_not_a_mismatch():
 def test_needs_float64():
     with pytest.raises(ValueError, match="float64"):
         gradcheck(MLP([2, 1], dtype="float32"), np.zeros((2, 2)), np.zeros((2, 1)))
+
+
+def test_agrees_on_normalized_and_residual_nets():
+    for norm in ("batchnorm", "layernorm"):
+        net = MLP([5, 7, 7, 3], activation="gelu", loss="ce", seed=2, norm=norm, residual=True)
+        X, Y = make_problem("ce")
+        table = gradcheck(net, X, Y, per_layer=30)
+        assert table["ok"].all() and table["checked"].iloc[0] == 30

@@ -22,9 +22,18 @@ import numpy as np
 from numba import njit
 
 from bpdiag._core import vmath
-from bpdiag._core.codes import BATCHNORM, BN_MOMENTUM, NORM_LAYER_EPS, TRAIN
+from bpdiag._core.codes import (
+    BATCHNORM,
+    BN_MOMENTUM,
+    LINEAR,
+    NORM_LAYER_EPS,
+    RELU,
+    SIGMOID,
+    TANH,
+    TRAIN,
+)
 from bpdiag._core.elementwise import dphi
-from bpdiag._core.jit import FAST, JIT
+from bpdiag._core.jit import FAST, INLINE, JIT
 from bpdiag._core.structs import NM_ISTD, NM_MEAN, NM_SUM_G, NM_SUM_GZ, NM_VAR
 
 
@@ -120,61 +129,114 @@ def update_running(run_mean, run_var, st, mb):
         run_var[j] = (1.0 - BN_MOMENTUM) * run_var[j] + BN_MOMENTUM * st[NM_VAR, j] * unbiased
 
 
+@njit(**INLINE)
+def _take(D, Zh, i, j, g, sg, sgz):
+    """∂L/∂u = g into D[i, j]; its share of the per-unit sums; returns g² (float64)."""
+    D[i, j] = g
+    g64 = np.float64(g)
+    sg[j] += g64
+    sgz[j] += g64 * np.float64(Zh[i, j])
+    return g64 * g64
+
+
 @njit(**FAST)
+def _affine_grads(code, D, Zh, H, gamma, beta, c, sg, sgz):
+    """∂L/∂u = c ∂L/∂h ⊙ φ'(u) in place of D (φ' from h = φ(u), or from u = γ ẑ + β where it
+    needs u), with its sums per unit Σ ∂L/∂u into sg and Σ ∂L/∂u ⊙ ẑ into sgz (the gradients
+    of β and γ); returns Σ (∂L/∂u)². A loop per activation, so that each one vectorizes."""
+    mb, n = D.shape
+    scale, one, zero = vmath.scalar(c, D), vmath.scalar(1.0, D), vmath.scalar(0.0, D)
+    sg[:n] = 0.0
+    sgz[:n] = 0.0
+    su = 0.0
+    if code == RELU:
+        for i in range(mb):
+            for j in range(n):
+                su += _take(D, Zh, i, j, D[i, j] * scale if H[i, j] > zero else zero, sg, sgz)
+    elif code == TANH:
+        for i in range(mb):
+            for j in range(n):
+                h = H[i, j]
+                su += _take(D, Zh, i, j, D[i, j] * scale * (one - h * h), sg, sgz)
+    elif code == SIGMOID:
+        for i in range(mb):
+            for j in range(n):
+                h = H[i, j]
+                su += _take(D, Zh, i, j, D[i, j] * scale * (h * (one - h)), sg, sgz)
+    elif code == LINEAR:
+        for i in range(mb):
+            for j in range(n):
+                su += _take(D, Zh, i, j, D[i, j] * scale, sg, sgz)
+    else:
+        for i in range(mb):
+            for j in range(n):
+                u = gamma[j] * Zh[i, j] + beta[j]
+                su += _take(D, Zh, i, j, D[i, j] * scale * dphi(code, u, H[i, j]), sg, sgz)
+    return su
+
+
+@njit(**FAST)
+def _batch_backward(D, Zh, gamma, st, db):
+    """δ = (g − mean(g) − ẑ mean(g ẑ)) / √(σ² + ε) in place, g = γ ∂L/∂u (D), the means over the
+    batch from the sums ``_affine_grads`` left; ∂L/∂b = Σ_rows δ into db; returns Σδ²."""
+    mb, n = D.shape
+    sg, sgz, istd = st[NM_SUM_G, :n], st[NM_SUM_GZ, :n], st[NM_ISTD, :n]
+    for j in range(n):  # δ = a_j D + b_j + c_j ẑ, per unit j
+        sg[j] = -sg[j] * gamma[j] * istd[j] / mb
+        sgz[j] = -sgz[j] * gamma[j] * istd[j] / mb
+    zero = vmath.scalar(0.0, D)
+    db[:] = zero
+    sd = 0.0
+    for i in range(mb):
+        for j in range(n):
+            d = np.float64(D[i, j]) * (gamma[j] * istd[j]) + sg[j] + np.float64(Zh[i, j]) * sgz[j]
+            D[i, j] = d
+            db[j] += D[i, j]
+            sd += np.float64(D[i, j]) * np.float64(D[i, j])
+    return sd
+
+
+@njit(**FAST)
+def _layer_backward(D, Zh, gamma, st, db):
+    """LayerNorm's δ = (g − mean(g) − ẑ mean(g ẑ)) / √(σ² + ε) in place, g = γ ∂L/∂u (D), the
+    means over each row's units; ∂L/∂b = Σ_rows δ into db; returns Σδ²."""
+    mb, n = D.shape
+    zero = vmath.scalar(0.0, D)
+    db[:] = zero
+    sd = 0.0
+    for i in range(mb):
+        mg = 0.0
+        mgz = 0.0
+        for j in range(n):
+            g = np.float64(gamma[j]) * np.float64(D[i, j])
+            mg += g
+            mgz += g * np.float64(Zh[i, j])
+        istd = st[NM_ISTD, i]
+        mg *= istd / n
+        mgz *= istd / n
+        for j in range(n):
+            d = np.float64(gamma[j]) * istd * np.float64(D[i, j]) - mg - np.float64(Zh[i, j]) * mgz
+            D[i, j] = d
+            db[j] += D[i, j]
+            sd += np.float64(D[i, j]) * np.float64(D[i, j])
+    return sd
+
+
+@njit(**JIT)
 def norm_backward(code, norm, D, Zh, H, gamma, beta, st, c, dgamma, dbeta, db):
     """From D = ∂L/∂h (times c, the residual scale, or 1) to δ = ∂L/∂z in place, with ∂L/∂γ,
     ∂L/∂β and ∂L/∂b written and (Σδ², Σ(∂L/∂u)²) returned, in float64.
 
-    Zh: ẑ; H: h = φ(u) (φ' comes from u = γ ẑ + β and h); st: the forward's statistics."""
-    mb, n = D.shape
-    sg, sgz = st[NM_SUM_G, :n], st[NM_SUM_GZ, :n]
-    sg[:] = 0.0
-    sgz[:] = 0.0
-    su = 0.0
-    scale = vmath.scalar(c, D)
-    for i in range(mb):  # ∂L/∂u, and its sums per unit (the affine gradients)
-        for j in range(n):
-            u = gamma[j] * Zh[i, j] + beta[j]
-            g = D[i, j] * scale * dphi(code, u, H[i, j])
-            D[i, j] = g
-            sg[j] += np.float64(g)
-            sgz[j] += np.float64(g) * np.float64(Zh[i, j])
-            su += np.float64(g) * np.float64(g)
+    Zh: ẑ; H: h = φ(u); st: the forward's statistics, and room for the sums per unit."""
+    n = D.shape[1]
+    su = _affine_grads(code, D, Zh, H, gamma, beta, c, st[NM_SUM_G], st[NM_SUM_GZ])
     for j in range(n):
-        dbeta[j] = sg[j]
-        dgamma[j] = sgz[j]
-    zero = vmath.scalar(0.0, D)
-    db[:] = zero
-    sd = 0.0
+        dbeta[j] = st[NM_SUM_G, j]
+        dgamma[j] = st[NM_SUM_GZ, j]
     if norm == BATCHNORM:
-        istd = st[NM_ISTD, :n]
-        for j in range(n):  # the means of g = γ ∂L/∂u and of g ẑ over the batch
-            sg[j] *= gamma[j] / mb
-            sgz[j] *= gamma[j] / mb
-        for i in range(mb):
-            for j in range(n):
-                d = (gamma[j] * D[i, j] - sg[j] - Zh[i, j] * sgz[j]) * istd[j]
-                D[i, j] = d
-                db[j] += d
-                sd += np.float64(d) * np.float64(d)
+        sd = _batch_backward(D, Zh, gamma, st, db)
     else:
-        for i in range(mb):  # the same means over the row's units
-            mg = 0.0
-            mgz = 0.0
-            for j in range(n):
-                g = np.float64(gamma[j]) * np.float64(D[i, j])
-                mg += g
-                mgz += g * np.float64(Zh[i, j])
-            mg /= n
-            mgz /= n
-            istd = st[NM_ISTD, i]
-            for j in range(n):
-                d = (
-                    np.float64(gamma[j]) * np.float64(D[i, j]) - mg - np.float64(Zh[i, j]) * mgz
-                ) * istd
-                D[i, j] = d
-                db[j] += D[i, j]
-                sd += np.float64(D[i, j]) * np.float64(D[i, j])
+        sd = _layer_backward(D, Zh, gamma, st, db)
     return sd, su
 
 

@@ -20,13 +20,18 @@ LABEL_COLORS = {
 
 
 def run_title(hist) -> str:
-    """'depth 20 × 128 · sigmoid · xavier_normal · sgd lr 0.01 · clip none — vanishing'."""
+    """'depth 20 × 128 · sigmoid · xavier_normal · batchnorm · skip ×0.22 · sgd lr 0.01 · clip
+    none — vanishing' (the normalization and skip only where the net has them)."""
     m, c = hist.model, hist.config
     widths = sorted(set(m["sizes"][1:-1]))
     width = f" × {widths[0]}" if len(widths) == 1 else ""
     clip = f" · clip {c['clip']}" + (f" {c['clip_value']:g}" if c.get("clip_value") else "")
+    cure = f" · {m['norm']}" if m.get("norm", "none") != "none" else ""
+    if m.get("residual"):
+        alpha = m.get("alpha", 1.0)
+        cure += " · skip" + (f" ×{alpha:.3g}" if alpha != 1 else "")
     return (
-        f"depth {len(m['sizes']) - 1}{width} · {m['activation']} · {m['init']} · "
+        f"depth {len(m['sizes']) - 1}{width} · {m['activation']} · {m['init']}{cure} · "
         f"{c['optimizer']} lr {c['lr']:g}{clip} — {hist.diagnosis.label}"
     )
 
@@ -168,6 +173,8 @@ def _draw_depth(fig: Figure, hist, title: str | None) -> Figure:
             line.set_label(f"step {picks[i]}" if shown else "_hidden")
             line.set_visible(shown)
         theory = getattr(pred, ratio) if pred else None
+        if theory is not None and not np.isfinite(theory).any():
+            theory = None  # no prediction for this architecture (``theory.predict_cured``)
         if theory is not None:
             anchor = profile.iloc[0].to_numpy(dtype=np.float64)[-1]
             theory_line.set_data(layers, anchor * theory)

@@ -82,8 +82,15 @@ class Prediction:
         return math.inf if log < 1e-10 else 1.0 / log
 
 
-def predict(sizes: list[int], activation: str, init: str, q0: float = 1.0) -> Prediction:
-    """Mean-field profile of an MLP ``sizes`` with hidden ``activation`` and weights from ``init``."""
+def predict(sizes: list[int], activation: str, init: str, q0: float = 1.0, norm: str = "none",
+            skips: list[bool] | None = None, alpha: float = 1.0,
+            batch: int | None = None) -> Prediction:  # fmt: skip
+    """Mean-field profile of an MLP ``sizes`` with hidden ``activation`` and weights from ``init``;
+    with ``norm`` ("batchnorm", "layernorm") and skip connections (``skips``: per layer, branch
+    scale ``alpha``) see ``predict_cured`` (``batch``: the training batch, for BatchNorm)."""
+    if norm != "none" or (skips is not None and any(skips)):
+        return predict_cured(sizes, activation, init, q0, norm, skips or [False] * (len(sizes) - 1),
+                             alpha, batch)  # fmt: skip
     L = len(sizes) - 1
     var = [weight_variance(init, sizes[l], sizes[l - 1]) for l in range(1, L + 1)]  # v_1..v_L
     q = np.empty(L)
@@ -129,3 +136,95 @@ def _chi_fixed_point(sizes, activation, var, q) -> float:
                 return chi
         ratio = step
     return sigma2 * second_moments(activation, qs)[1]
+
+
+# ---------------------------------------------------------------- normalization and skips
+
+
+def batchnorm_gradient_rate(activation: str, batch: float) -> float:
+    """λ_G: the factor by which E‖δ_l‖² (and E‖∂L/∂W_l‖²) grows per layer toward the input in a
+    deep BatchNorm net without skips at init (Yang, Pennington, Rao, Sohl-Dickstein &
+    Schoenholz 2019, arXiv:1902.08129, Thm 3.10; the finite-batch ReLU form is the submission's
+    eq. 25), for batch size B ≥ 4, whatever σ_w:
+
+    - relu: [J′(c) + (B−1) J(1)] / [(B−3)(J(1) − J(c))] − 1/(B−3), c = −1/(B−1), with the
+      arccosine kernel J(c) = (√(1−c²) + (π − arccos c) c)/π; π/(π−1) ≈ 1.467 as B → ∞;
+    - linear: (B−2)/(B−3), → 1.
+
+    NaN for other activations (the paper gives no closed form) and B < 4.
+    """
+    B = float(batch)
+    if not B >= 4:
+        return math.nan
+    if activation == "linear":
+        return 1.0 if math.isinf(B) else (B - 2) / (B - 3)
+    if activation != "relu":
+        return math.nan
+    if math.isinf(B):
+        return math.pi / (math.pi - 1)
+    c = -1.0 / (B - 1)
+
+    def J(x: float) -> float:
+        return (math.sqrt(1 - x * x) + (math.pi - math.acos(x)) * x) / math.pi
+
+    dJ = (math.pi - math.acos(c)) / math.pi
+    return (dJ + (B - 1) * J(1.0)) / ((B - 3) * (J(1.0) - J(c))) - 1 / (B - 3)
+
+
+def predict_cured(sizes: list[int], activation: str, init: str, q0: float, norm: str,
+                  skips: list[bool], alpha: float, batch: int | None) -> Prediction:  # fmt: skip
+    """Mean-field profile of a net with normalized hidden layers and skip connections, at init
+    (γ = 1, β = 0, zero biases, inputs of mean 0 and second moment q0).
+
+    Forward, with p_l = E[a_l²] and m_l = E[a_l] per unit: q_l = n_{l−1} v_l p_{l−1} = E[z_l²];
+    u_l = z_l, or z_l/√q_l for a normalized layer (unit variance); h = φ(u); then
+    p_l = p_{l−1} + 2α m_{l−1} E[h] + α² E[h²] and m_l = m_{l−1} + α E[h] across a skip (its
+    branch independent of a_{l−1} at large width), p_l = E[h²], m_l = E[h] otherwise.
+    Backward: E‖∂L/∂a_{l−1}‖² = n_{l−1} v_l E‖δ_l‖² (+ E‖∂L/∂a_l‖² across a skip) and
+    E‖δ_l‖² = c² E[φ'(u)²] E‖∂L/∂a_l‖² · (1/q_l for a normalized layer, and LayerNorm's
+    projection 1 − 2/n_l), c = α across a skip. That is all for skips and LayerNorm; without
+    skips, BatchNorm couples the samples of a batch, and each layer below the top multiplies
+    E‖δ‖² by ``batchnorm_gradient_rate`` instead (NaN where the paper gives none, and for
+    BatchNorm with skips). χ₁ is the geometric mean per-layer factor of E‖δ‖² between the
+    first and the top layer.
+    """
+    L = len(sizes) - 1
+    var = [weight_variance(init, sizes[l], sizes[l - 1]) for l in range(1, L + 1)]
+    normed = norm != "none"
+    q, mean_a2 = np.empty(L), np.empty(L)
+    e = np.empty(L)  # E‖δ_l‖² / E‖∂L/∂a_l‖² of hidden layer l
+    p, m = q0, 0.0
+    code = activation_code(activation)
+    for l in range(1, L):
+        q[l - 1], mean_a2[l - 1] = sizes[l - 1] * var[l - 1] * p, p
+        s = 1.0 if normed else q[l - 1]
+        h1 = gaussian_expectation(lambda u: phi_array(code, u), s)
+        h2, d2 = second_moments(activation, s)
+        c = alpha if skips[l - 1] else 1.0
+        e[l - 1] = c * c * d2
+        if normed:
+            e[l - 1] /= q[l - 1]
+            if norm == "layernorm":
+                e[l - 1] *= 1 - 2 / sizes[l]
+        if skips[l - 1]:
+            p, m = p + 2 * alpha * m * h1 + alpha**2 * h2, m + alpha * h1
+        else:
+            p, m = h2, h1
+    q[L - 1], mean_a2[L - 1] = sizes[L - 1] * var[L - 1] * p, p
+    rate = batchnorm_gradient_rate(activation, batch if batch is not None else math.inf)
+    D = np.empty(L)  # E‖δ_l‖², relative to E‖δ_L‖²
+    D[L - 1] = 1.0
+    Ga = sizes[L - 1] * var[L - 1]  # E‖∂L/∂a_{L−1}‖²
+    for l in range(L - 1, 0, -1):
+        D[l - 1] = e[l - 1] * Ga
+        if norm == "batchnorm":
+            D[l - 1] = math.nan if any(skips) else D[l] * rate if l < L - 1 else D[l - 1]
+        Ga = sizes[l - 1] * var[l - 1] * D[l - 1] + (Ga if skips[l - 1] else 0.0)
+    chi = D[:-1] / D[1:]
+    delta_ratio = np.sqrt(D)
+    grad_sq = D * np.array(sizes[:-1]) * mean_a2
+    grad_W_ratio = np.sqrt(grad_sq / grad_sq[-1])
+    inner = chi[1:-1] if chi.size > 2 else chi  # the first and top layers are edges
+    chi1 = float(np.exp(np.mean(np.log(inner)))) if inner.size else math.nan
+    decay = float(np.exp(0.5 * np.mean(np.log(chi)))) if chi.size else math.nan
+    return Prediction(q, chi, delta_ratio, grad_W_ratio, chi1, decay)

@@ -7,8 +7,9 @@ import pandas as pd
 from bpdiag.sweep.config import RUN_FIELDS
 
 # Axes in the order a person reads a sweep: architecture first, then training.
-AXIS_ORDER = ("depth", "activation", "init", "width", "optimizer", "clip", "clip_value", "lr",
-              "batch_size", "dataset", "dtype", "steps")  # fmt: skip
+AXIS_ORDER = ("depth", "activation", "init", "norm", "residual", "residual_scale", "width",
+              "optimizer", "clip", "clip_value", "lr", "batch_size", "dataset", "dtype",
+              "steps")  # fmt: skip
 
 
 def varying_axes(df: pd.DataFrame) -> list[str]:

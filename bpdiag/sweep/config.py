@@ -14,7 +14,7 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
@@ -24,6 +24,7 @@ from bpdiag.choices.activations import activation_code
 from bpdiag.choices.clipping import clip_code
 from bpdiag.choices.defaults import DEFAULTS
 from bpdiag.choices.inits import get_init
+from bpdiag.choices.norms import norm_code
 from bpdiag.choices.optim import OPTIMIZERS, resolve_optimizer
 from bpdiag.choices.registry import lookup
 from bpdiag.data import DATASETS
@@ -56,6 +57,11 @@ class RunConfig(BaseModel):
     record_every: int = Field(DEFAULTS.record_every, ge=1)
     seed: int = Field(DEFAULTS.seed, ge=0, le=2**32 - 1)
     dtype: Literal["float32", "float64"] = DEFAULTS.dtype
+    norm: str = DEFAULTS.norm
+    residual: bool = DEFAULTS.residual
+    residual_scale: Annotated[float, Field(gt=0)] | Literal["inv_sqrt_depth"] = (
+        DEFAULTS.residual_scale
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -81,6 +87,12 @@ class RunConfig(BaseModel):
         lookup("optimizer", v, OPTIMIZERS)
         return v
 
+    @field_validator("norm")
+    @classmethod
+    def _norm(cls, v: str) -> str:
+        norm_code(v)
+        return v
+
     @model_validator(mode="after")
     def _combination(self) -> RunConfig:
         clip_code(self.clip, self.clip_value)
@@ -101,21 +113,34 @@ class RunConfig(BaseModel):
 
     @property
     def run_key(self) -> str:
-        """16 hex digits of SHA-256 over the resolved config: equal configs, equal keys."""
-        text = json.dumps(self.model_dump(), sort_keys=True)
+        """16 hex digits of SHA-256 over the resolved config: equal configs, equal keys. A field
+        added in a later version (``LATER_FIELDS``) enters only where it is set away from its
+        default, so a config keeps the key it had in a store written before the field existed."""
+        dump = {k: v for k, v in self.model_dump().items()
+                if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}  # fmt: skip
+        text = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def name(self) -> str:
-        """A short human name: 'relu he_normal d20×64 adam clip=norm s0'."""
+        """A short human name: 'relu he_normal d20×64 batchnorm+skip adam clip=norm s0'."""
         clip = "" if self.clip == "none" else f" clip={self.clip}"
+        cure = [self.norm] if self.norm != "none" else []
+        cure += (
+            ["skip" if self.residual_scale == 1.0 else f"skip×{self.residual_scale}"]
+            if self.residual
+            else []
+        )
+        cure = f" {'+'.join(cure)}" if cure else ""
         return (
-            f"{self.activation} {self.init} d{self.depth}×{self.width} {self.optimizer}"
+            f"{self.activation} {self.init} d{self.depth}×{self.width}{cure} {self.optimizer}"
             f"{clip} s{self.seed}"
         )
 
 
 RUN_FIELDS = tuple(RunConfig.model_fields)
+# fields added after stores were written, with the default that means "as before they existed"
+LATER_FIELDS = {"norm": "none", "residual": False, "residual_scale": 1.0}
 
 
 class Axis(BaseModel):

@@ -150,7 +150,8 @@ def _finish(plan: _Plan, status: str, out: SweepOutcome) -> None:
 def _comparison_figures(
     tracker: Tracker, table: pd.DataFrame, losses: dict[str, pd.DataFrame]
 ) -> dict[str, bytes | str]:
-    """The parent's figures as PNG bytes: the verdict grid and loss curves by optimizer × clip.
+    """The parent's figures as PNG bytes: the verdict grid, loss curves by optimizer × clip and
+    by norm × residual.
     ``losses``: the loss series this invocation logged (others, from earlier invocations, are
     read back). A figure that fails becomes ``<name>.error.txt`` with its traceback."""
     import io
@@ -163,11 +164,17 @@ def _comparison_figures(
         return {}
     makers = {"verdict_grid.png": lambda: figures.verdict_grid(table)}
     axes = varying_axes(table)
+
+    def history(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        return {r: losses[r] if r in losses else tracker.loss_history(r) for r in runs["run_id"]}
+
     if "optimizer" in axes or "clip" in axes:
-        subset = comparable(table, ["optimizer", "clip"])
-        makers["loss_curves.png"] = lambda: figures.loss_curves(subset, {
-            r: losses[r] if r in losses else tracker.loss_history(r) for r in subset["run_id"]
-        })  # fmt: skip
+        by_opt = comparable(table, ["optimizer", "clip"])
+        makers["loss_curves.png"] = lambda: figures.loss_curves(by_opt, history(by_opt))
+    if "norm" in axes or "residual" in axes:  # the residual scale goes with the skip
+        by_cure = comparable(table, ["norm", "residual", "residual_scale"])
+        makers["cures.png"] = lambda: figures.loss_curves(by_cure, history(by_cure),
+                                                          ("norm", "residual"))  # fmt: skip
     out: dict[str, bytes | str] = {}
     for name, make in makers.items():
         try:

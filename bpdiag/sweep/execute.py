@@ -68,7 +68,8 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
         times["data_s"] = time.perf_counter() - start
         sizes = [ds.n_features] + [cfg.width] * (cfg.depth - 1) + [ds.n_outputs]
         net = MLP(sizes, activation=cfg.activation, loss=ds.loss, init=cfg.init, seed=cfg.seed,
-                  dtype=cfg.dtype)  # fmt: skip
+                  dtype=cfg.dtype, norm=cfg.norm, residual=cfg.residual,
+                  residual_scale=cfg.residual_scale)  # fmt: skip
         t = time.perf_counter()
         hist = train(
             net, ds.X_train, ds.Y_train, optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps,

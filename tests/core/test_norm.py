@@ -92,8 +92,11 @@ def test_training_matches_reference(norm, residual, opt_key, clip):
     expected, running = ref.train_net(start, X, Y, "tanh", "bce", norm, residual, ALPHA, name, lr,
                                       6, clip, CLIPS[clip], **options)  # fmt: skip
     assert ref.rel_err(net.params, expected) < 1e-10
+    # a bias before a BatchNorm has a gradient of 0 but for rounding; Adam and RMSprop divide
+    # that noise by √v + ε and step on it (~1e-11 here), which the running mean sees
+    tol = 1e-9 if name in ("adam", "adamw", "rmsprop") else 1e-10
     for (m, v), (rm, rv) in zip(net.running_stats, running, strict=True):
-        assert ref.rel_err(m, rm) < 1e-10 and ref.rel_err(v, rv) < 1e-10
+        assert ref.rel_err(m, rm) < tol and ref.rel_err(v, rv) < 1e-10
 
 
 def test_minibatches_update_the_running_statistics_and_evaluation_uses_them():

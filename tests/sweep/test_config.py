@@ -59,6 +59,26 @@ def test_run_key_is_stable_and_covers_every_field():
         )
 
 
+def test_new_fields_keep_the_keys_of_configs_that_leave_them_unset():
+    """A store written before norm/residual existed resumes without rerunning anything: a
+    config at their defaults hashes as it did before they existed (the pre-0.2 dump)."""
+    import hashlib
+    import json
+
+    for cfg in (RunConfig(depth=3, lr=0.1, optimizer="sgd"), RunConfig(activation="tanh", width=8),
+                RunConfig(clip="norm", clip_value=1.0, dtype="float32")):  # fmt: skip
+        dump = {k: v for k, v in cfg.model_dump().items()
+                if k not in ("norm", "residual", "residual_scale")}  # fmt: skip
+        old = hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+        assert cfg.run_key == old
+    base = RunConfig(depth=3)
+    keys = {base.run_key, RunConfig(depth=3, norm="batchnorm").run_key,
+            RunConfig(depth=3, norm="layernorm").run_key, RunConfig(depth=3, residual=True).run_key,
+            RunConfig(depth=3, residual=True, residual_scale="inv_sqrt_depth").run_key,
+            RunConfig(depth=3, residual=True, residual_scale=0.5).run_key}  # fmt: skip
+    assert len(keys) == 6
+
+
 def test_random_method_is_seeded(tmp_path):
     text = """
 name: r
@@ -102,6 +122,10 @@ parameters:
         ("name: t\nbase: {optimizer: adam, momentum: 0.9}\n", r"unknown option\(s\) \['momentum'\] for optimizer 'adam'"),
         ("name: bad name\n", r"name: String should match pattern"),
         ("name: t\nbase: {lr: .nan}\n", r"base\.lr: .*finite"),
+        ("name: t\nparameters:\n  norm: {values: [batchnorm, groupnorm]}\n",
+         r"parameters\.norm\.values\[1\]: unknown norm 'groupnorm'; valid: batchnorm, layernorm, none"),
+        ("name: t\nbase: {residual: true, residual_scale: 0}\n", r"base\.residual_scale"),
+        ("name: t\nbase: {residual_scale: inv_depth}\n", r"base\.residual_scale"),
     ],
 )  # fmt: skip
 def test_bad_specs(tmp_path, text, message):
@@ -155,3 +179,7 @@ def test_default_spec_covers_what_make_sweep_must_show():
     assert {"sgd", "momentum", "adam"} <= values("optimizer")
     assert {"none", "norm", "agc"} <= values("clip")
     assert "normal_0.25" in values("init") and len(values("init")) >= 3
+    assert values("norm") == {"none", "batchnorm", "layernorm"} and values("residual") == {
+        False,
+        True,
+    }

@@ -293,3 +293,28 @@ def test_sweep_cli_prints_counts_and_the_ui_command(tmp_path, monkeypatch):
     assert "bpdiag ui" in text and "workflowType=machine_learning" in text
     assert "overhead on training" in text
     assert (tmp_path / "mlflow.db").exists()  # MLflow's default store in the working directory
+
+
+def test_a_sweep_of_cures_logs_them_and_compares_them(tmp_path):
+    """norm and residual are sweep axes and MLflow params; the parent compares them."""
+    spec = tmp_path / "cures.yaml"
+    spec.write_text("name: c\nbase: {n_samples: 100, width: 6, depth: 4, steps: 10, optimizer: sgd}\n"
+                    "parameters:\n  - norm: {values: [none, batchnorm, layernorm]}\n"
+                    "  - norm: {values: [batchnorm]}\n    residual: {values: [true]}\n"
+                    "    residual_scale: {values: [inv_sqrt_depth]}\n")  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'c.db'}"
+    outcome = run_sweep(spec, tracking_uri=uri, workers=1)
+    assert outcome.finished == 4
+    tracker = Tracker(uri)
+    children = tracker.children(outcome.experiment_id, "FINISHED")
+    assert {(c.data.params["norm"], c.data.params["residual"]) for c in children} == {
+        ("none", "False"),
+        ("batchnorm", "False"),
+        ("layernorm", "False"),
+        ("batchnorm", "True"),
+    }
+    artifacts = {a.path for a in tracker.client.list_artifacts(outcome.parent_run_id)}
+    assert "cures.png" in artifacts
+    layers = pd.read_parquet(tracker.client.download_artifacts(children[0].info.run_id,
+                                                               "layers.parquet"))  # fmt: skip
+    assert {"grad_norm_affine", "delta_rms_normed"} <= set(layers.columns)
