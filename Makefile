@@ -9,7 +9,7 @@ SPEC   ?= sweeps/default.yaml
 # disk); elsewhere those tests are skipped instead of fetching a multi-GB build.
 TORCH  := torch==2.13.0
 
-.PHONY: test sweep lint bench ui clean
+.PHONY: test sweep lint bench ui clean clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,5 +38,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_FLAGS)
 
-clean:
+clean: clean-cache
 	rm -rf $(VENV) .pytest_cache
+
+clean-cache:  # Numba's on-disk cache: stale after a change to a kernel that others call
+	find bpdiag tests -name '*.nbi' -delete -o -name '*.nbc' -delete

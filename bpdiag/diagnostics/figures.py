@@ -173,7 +173,7 @@ def _draw_depth(fig: Figure, hist, title: str | None) -> Figure:
             line.set_label(f"step {picks[i]}" if shown else "_hidden")
             line.set_visible(shown)
         theory = getattr(pred, ratio) if pred else None
-        if theory is not None and not np.isfinite(theory).any():
+        if theory is not None and np.isfinite(theory).sum() < 2:
             theory = None  # no prediction for this architecture (``theory.predict_cured``)
         if theory is not None:
             anchor = profile.iloc[0].to_numpy(dtype=np.float64)[-1]

@@ -218,8 +218,10 @@ def predict_cured(sizes: list[int], activation: str, init: str, q0: float, norm:
     for l in range(L - 1, 0, -1):
         D[l - 1] = e[l - 1] * Ga
         if norm == "batchnorm":
-            D[l - 1] = math.nan if any(skips) else D[l] * rate if l < L - 1 else D[l - 1]
+            D[l - 1] = D[l] * rate if l < L - 1 else D[l - 1]
         Ga = sizes[l - 1] * var[l - 1] * D[l - 1] + (Ga if skips[l - 1] else 0.0)
+    if norm == "batchnorm" and any(skips):
+        D[:] = math.nan  # no prediction: the batch coupling across a skip is not in the theory
     chi = D[:-1] / D[1:]
     delta_ratio = np.sqrt(D)
     grad_sq = D * np.array(sizes[:-1]) * mean_a2
