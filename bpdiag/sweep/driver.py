@@ -174,7 +174,8 @@ def _comparison_figures(
     if "norm" in axes or "residual" in axes:  # the residual scale goes with the skip
         by_cure = comparable(table, ["norm", "residual", "residual_scale"])
         makers["cures.png"] = lambda: figures.loss_curves(by_cure, history(by_cure),
-                                                          ("norm", "residual"))  # fmt: skip
+                                                          ("norm", "residual"),
+                                                          ("residual_scale",))  # fmt: skip
     out: dict[str, bytes | str] = {}
     for name, make in makers.items():
         try:

@@ -9,6 +9,7 @@ from matplotlib.patches import Rectangle
 
 from bpdiag.choices.activations import ACTIVATIONS
 from bpdiag.choices.clipping import CLIPPING
+from bpdiag.choices.norms import NORMS
 from bpdiag.choices.optim import OPTIMIZERS
 from bpdiag.diagnostics.figures import LABEL_COLORS
 from bpdiag.sweep.compare import comparable, majority, varying_axes
@@ -65,7 +66,8 @@ def _rect(x: float, y: float, color: str) -> Rectangle:
 def _sorted(values) -> list:
     """Distinct values in reading order: registry order for names (none, norm, agc, ...)."""
     unique = list(dict.fromkeys(values.tolist()))
-    known = {name: i for i, name in enumerate([*CLIPPING, *OPTIMIZERS, *ACTIVATIONS])}
+    known = {name: i for i, name in enumerate(dict.fromkeys([*CLIPPING, *NORMS, *OPTIMIZERS,
+                                                             *ACTIVATIONS]))}  # fmt: skip
     if all(isinstance(v, str) and v in known for v in unique):
         return sorted(unique, key=known.__getitem__)
     try:
@@ -74,14 +76,16 @@ def _sorted(values) -> list:
         return sorted(unique, key=str)
 
 
-def loss_curves(df, histories: dict, by: tuple[str, str] = ("optimizer", "clip")) -> Figure:
+def loss_curves(df, histories: dict, by: tuple[str, str] = ("optimizer", "clip"),
+                together: tuple[str, ...] = ()) -> Figure:  # fmt: skip
     """Training loss against step: one panel per value of by[1], one line per value of by[0],
     the mean over seeds with a band from the lowest to the highest seed.
 
-    df: one row per run (RunConfig fields, ``run_id``); histories: run_id → (step, loss) table.
+    df: one row per run (RunConfig fields, ``run_id``); histories: run_id → (step, loss) table;
+    ``together``: fields that vary with ``by`` (a skip's residual_scale goes with residual).
     """
     line_axis, panel_axis = by
-    df = comparable(df, list(by))
+    df = comparable(df, [*by, *together])
     starts = [h["loss"].iloc[0] for r, h in histories.items() if len(h)]
     top = 10 * max(
         [s for s in starts if np.isfinite(s)], default=10.0
