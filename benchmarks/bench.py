@@ -381,7 +381,7 @@ def markdown(result: dict) -> str:
     lines.append("| case | bpdiag ms | PyTorch ms | NumPy ms | PyTorch / bpdiag | GFLOP/s | of GEMM |"
                  + (" this, alone ms | baseline, alone ms | this / baseline |" if base else ""))  # fmt: skip
     lines.append(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if base else "")
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if base else "")
     )
     for r in result["steps"]:
         lines.append(f"| {r['config']} {r['activation']} {r['dtype']} | {r['bpdiag_ms']:.3f} | "
@@ -389,6 +389,15 @@ def markdown(result: dict) -> str:
                      f"{r['gflops']:.0f} | {r['fraction_of_gemm']:.0%} |"
                      + (f" {r['this_ms']:.3f} | {r['baseline_ms']:.3f} | {r['vs_baseline']:.3f} |"
                         if base else ""))  # fmt: skip
+    if result.get("norm_steps"):
+        lines += ["", "Normalized nets (BatchNorm or LayerNorm on every hidden layer) against the plain "
+                  "net and PyTorch's Linear → norm → φ model:", "",
+                  "| case | bpdiag ms | plain ms | PyTorch ms | bpdiag / plain | PyTorch / bpdiag |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for r in result["norm_steps"]:
+            lines.append(f"| {r['config']} {r['activation']} {r['dtype']} {r['norm']} | "
+                         f"{r['bpdiag_ms']:.3f} | {r['plain_ms']:.3f} | {r['torch_ms']:.3f} | "
+                         f"{r['vs_plain']:.2f} | {r['speedup_vs_torch']:.2f}× |")  # fmt: skip
     lines.append("")
     for dtype, cost in result.get("recording_overhead", {}).items():
         lines.append(f"- Recording every step, M tanh {dtype}: {cost:+.1%} a step.")
