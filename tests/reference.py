@@ -386,52 +386,10 @@ def rel_err(a, b) -> float:
 
 
 def layer_stats(params, next_params, X, Y, activation, loss, clip_mode, c):
-    """Every per-layer column bpdiag records, recomputed from params on the batch (X, Y)."""
-    L, m = len(params), X.shape[0]
-    A, Z = [X.T], [None]
-    for l, (W, b) in enumerate(params, start=1):
-        Z.append(W @ A[l - 1] + b[:, None])
-        A.append(phi(activation, Z[l]) if l < L else Z[l])
-    _, grads = loss_and_grads(params, X, Y, activation, loss)
-    clipped = clip(clip_mode, c, params, grads)
-    # per-sample errors δ_l = m ∂L/∂z_l, from the seed's recursion
-    k = Z[L].shape[0]
-    if loss == "bce":
-        d = (1.0 / (1.0 + np.exp(-Z[L])) - Y.reshape(m, k).T) / k
-    else:
-        raise NotImplementedError(loss)
-    delta = [None] * L
-    delta[L - 1] = d
-    for l in range(L - 1, 0, -1):
-        delta[l - 1] = (params[l][0].T @ delta[l]) * dphi(activation, Z[l])
-    rows = []
-    for l in range(1, L + 1):
-        W, a, hidden = params[l - 1][0], A[l], l < L
-        if hidden and activation == "sigmoid":
-            sat = np.mean((a < 0.01) | (a > 0.99))
-        elif hidden and activation == "tanh":
-            sat = np.mean(np.abs(a) > 0.99)
-        else:
-            sat = np.nan
-        relu_family = activation in ("relu", "leaky_relu", "elu", "selu", "gelu")
-        dead = np.mean(np.all(Z[l] <= 0, axis=1)) if hidden and relu_family else np.nan
-        dW, db = grads[l - 1]
-        rows.append({
-            "grad_norm_W": np.linalg.norm(dW),
-            "grad_norm_b": np.linalg.norm(db),
-            "grad_norm_W_clipped": np.linalg.norm(clipped[l - 1][0]),
-            "delta_rms": np.sqrt(np.mean(np.sum(delta[l - 1] ** 2, axis=0))),
-            "weight_norm": np.linalg.norm(W),
-            "update_ratio": np.linalg.norm(next_params[l - 1][0] - W) / np.linalg.norm(W),
-            "act_mean": a.mean(),
-            "act_std": a.std(),
-            "frac_saturated": sat,
-            "frac_dead": dead,
-            "nonfinite": int(np.sum(~np.isfinite(dW)) + np.sum(~np.isfinite(db))),
-            "grad_norm_affine": np.nan,
-            "delta_rms_normed": np.nan,
-        })  # fmt: skip
-    return rows
+    """Every per-layer column bpdiag records for a plain net, recomputed from params on the
+    batch (X, Y) (``layer_stats_net`` without normalization or skips)."""
+    return layer_stats_net(params, next_params, X, Y, activation, loss, clip_mode, c, "none",
+                           False, 1.0)  # fmt: skip
 
 
 def layer_stats_net(params, next_params, X, Y, activation, loss, clip_mode, c, norm, residual,
