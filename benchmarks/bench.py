@@ -381,7 +381,8 @@ def markdown(result: dict) -> str:
     lines.append("| case | bpdiag ms | PyTorch ms | NumPy ms | PyTorch / bpdiag | GFLOP/s | of GEMM |"
                  + (" this, alone ms | baseline, alone ms | this / baseline |" if base else ""))  # fmt: skip
     lines.append(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if base else "")
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        + (" ---: | ---: | ---: |" if base else "")
     )
     for r in result["steps"]:
         lines.append(f"| {r['config']} {r['activation']} {r['dtype']} | {r['bpdiag_ms']:.3f} | "

@@ -98,22 +98,6 @@ def logits(params, X, activation):
     return a
 
 
-def deltas(params, X, Y, activation, loss):
-    """Per-sample errors δ_l = ∂ℓ_i/∂z_l, l = 1..L, each (n_l, m)."""
-    L = len(params)
-    A, Z = [X.T], [None]
-    for l, (W, b) in enumerate(params, start=1):
-        Z.append(W @ A[l - 1] + b[:, None])
-        A.append(phi(activation, Z[l]) if l < L else Z[l])
-    assert loss == "bce"
-    k = Z[L].shape[0]
-    out = [None] * L
-    out[L - 1] = (1.0 / (1.0 + np.exp(-Z[L])) - Y.reshape(-1, k).T) / k
-    for l in range(L - 1, 0, -1):
-        out[l - 1] = (params[l][0].T @ out[l]) * dphi(activation, Z[l])
-    return out, A
-
-
 # ---------------------------------------------------------------- normalization and skips
 
 EPS = 1e-5  # torch.nn.BatchNorm1d's and LayerNorm's
