@@ -23,7 +23,10 @@ from bpdiag.history import History, layers_table, steps_table
 from bpdiag.hooks import Chunk, NaNGuard
 from bpdiag.model import MLP
 
-CHUNK_SECONDS = 0.25  # target wall time of one kernel call; hooks see the records once per chunk
+# Multiply-adds per kernel call: tens of milliseconds of work on one core. Hooks see the records
+# once per chunk; chunks are sized by the net alone, never by the clock, so a hook that stops
+# training stops it at the same step on a fast machine and a slow one.
+CHUNK_MACS = 2**30
 # Multiply-adds per layer and step (batch × fan-in × fan-out, averaged over the layers) from
 # which the two-core step beats one thread: below it, handing work to the second core costs
 # more than the core gives back (docs/performance.md).
@@ -251,19 +254,24 @@ def train(
                    config, str(library))  # fmt: skip
 
 
+def chunk_steps(net: MLP, batch: int) -> int:
+    """Steps per kernel call: about ``CHUNK_MACS`` multiply-adds, 1 to 4096 steps."""
+    macs = batch * sum(a * b for a, b in zip(net.sizes[:-1], net.sizes[1:], strict=True))
+    return max(1, min(4096, CHUNK_MACS // max(macs, 1)))
+
+
 def _run(net: MLP, ws: Workspace, setup: Setup, X: np.ndarray, Y: np.ndarray,
          sampler: BatchSampler, rec: Records, steps: int,
          hooks: Sequence[object]) -> tuple[int, int, str | None, int]:  # fmt: skip
-    """The kernel, chunk after chunk (chunks grow to ~CHUNK_SECONDS), with the hooks between.
-    Returns (steps done, records written, what stopped training, the non-finite step or −1)."""
-    done, row, chunk, stopped_by, diverged = 0, 0, 16, None, -1
+    """The kernel, chunk after chunk (``chunk_steps``), with the hooks between. Returns
+    (steps done, records written, what stopped training, the non-finite step or −1)."""
+    done, row, stopped_by, diverged = 0, 0, None, -1
+    chunk = chunk_steps(net, int(ws.buffers.Y.shape[0]))
     while done < steps and stopped_by is None:
         n = min(chunk, steps - done)
         idx, starts = sampler.take(n)
-        t0 = time.perf_counter()
         k, new_row, status = train_steps(net.theta, net.running, ws.state, net.layout, ws.buffers,
                                          setup, Feed(X, Y, idx, starts), rec, done, row)  # fmt: skip
-        elapsed = time.perf_counter() - t0
         if status == STATUS_NONFINITE:
             diverged, stopped_by = done + k, "nonfinite"
         done += k
@@ -274,5 +282,4 @@ def _run(net: MLP, ws: Workspace, setup: Setup, X: np.ndarray, Y: np.ndarray,
                 if hook(info) and stopped_by is None:
                     stopped_by = type(hook).__name__
         row = new_row
-        chunk = max(1, min(4096, int(n * CHUNK_SECONDS / max(elapsed, 1e-6))))
     return done, row, stopped_by, diverged
