@@ -230,7 +230,11 @@ def _counts_by_axis(console, table, axes: list[str]) -> None:
 @click.option("--rerun", is_flag=True, help="run every config again, even those already FINISHED")
 @click.option("--dry-run", is_flag=True, help="print the expanded runs and exit")
 @click.option("--timings", is_flag=True, help="print where the time went")
-def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings) -> None:
+@click.option("--max-runs", type=click.IntRange(1), help="allow more runs than the spec's max_runs")
+@click.option("--max-run-gib", type=click.FloatRange(min=0, min_open=True),
+              help="allow runs estimated above the spec's max_run_gib")  # fmt: skip
+def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_runs,
+          max_run_gib) -> None:  # fmt: skip
     """Run the sweep in SPEC (a sweeps/*.yaml file) on Dask and log it to MLflow."""
     from rich.console import Console
     from rich.progress import (
@@ -249,7 +253,7 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings) -> No
 
     console = Console()
     try:
-        parsed, runs = load_spec(spec)
+        parsed, runs = load_spec(spec, max_runs, max_run_gib)
     except SpecError as err:
         _fail(str(err))
     if dry_run:
@@ -287,7 +291,8 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings) -> No
             bar.console.print(f"[red]FAILED[/] {result.config.name}: {lines[-1]}")
 
     try:
-        outcome = run_sweep(spec, tracking_uri, scheduler, workers, rerun, on_start, on_result)
+        outcome = run_sweep(spec, tracking_uri, scheduler, workers, rerun, on_start, on_result,
+                            max_runs=max_runs, max_run_gib=max_run_gib)  # fmt: skip
     except SpecError as err:
         _fail(str(err))
     except KeyboardInterrupt:

@@ -87,6 +87,9 @@ DATASETS: dict[str, Callable[[int, np.random.Generator], tuple[np.ndarray, np.nd
     "breast_cancer": _breast_cancer,
 }
 REAL = {"digits", "breast_cancer"}  # fixed size; n_samples does not apply
+# name → (n_features, n_outputs, rows or None for n_samples): what a run needs, known unloaded
+SHAPES = {"spirals": (2, 1, None), "xor": (2, 1, None), "circles": (2, 1, None),
+          "blobs": (8, 4, None), "digits": (64, 10, 1797), "breast_cancer": (30, 1, 569)}  # fmt: skip
 
 
 def load(name: str, n_samples: int = 1000, test_fraction: float = 0.25, seed: int = 0) -> Dataset:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bpdiag import blas
+from bpdiag import compiled
 from bpdiag._core.codes import BATCHNORM, BCE, CE, LINEAR, NO_CLIP, SGD, TASK_EVAL, TASK_GRADS
 from bpdiag._core.loop import train_steps
 from bpdiag._core.slots import LAYER_SLOTS, S_ACC, S_LOSS, STEP_SLOTS
@@ -252,7 +252,7 @@ class MLP:
         ``TASK_GRADS``, forward and backward in training mode (BatchNorm with the batch's
         statistics, which the running ones do not take up), or ``TASK_EVAL``, the forward pass
         in evaluation mode. Returns (loss, accuracy, the buffers)."""
-        blas.bind()
+        compiled.ready()
         m, L = X.shape[0], self.depth
         if task == TASK_GRADS and self.layout.norm == BATCHNORM and m < 2:
             raise ValueError(

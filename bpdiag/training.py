@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from bpdiag import blas
+from bpdiag import blas, compiled
 from bpdiag._core.codes import BATCHNORM, STATUS_NONFINITE
 from bpdiag._core.loop import train_steps
 from bpdiag._core.parallel import PIECE, pieces
@@ -218,7 +218,7 @@ def train(
         )
     setup = _setup(net, batch, optimizer, lr, clip, clip_value, nan_guard, threads, hooks,
                    dict(optimizer_options))  # fmt: skip
-    library = blas.bind()
+    library = compiled.ready()
 
     n_rec = (steps - 1) // record_every + 2  # cadence, the last step, a non-finite step
     rec = Records(np.full((n_rec, len(STEP_SLOTS)), np.nan),

@@ -18,8 +18,17 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from bpdiag._core.slots import LAYER_SLOTS, STEP_SLOTS
 from bpdiag.choices.activations import activation_code
 from bpdiag.choices.clipping import clip_code
 from bpdiag.choices.defaults import DEFAULTS
@@ -27,7 +36,30 @@ from bpdiag.choices.inits import get_init
 from bpdiag.choices.norms import norm_code
 from bpdiag.choices.optim import OPTIMIZERS, resolve_optimizer
 from bpdiag.choices.registry import lookup
-from bpdiag.data import DATASETS
+from bpdiag.data import DATASETS, SHAPES
+
+MAX_RUNS = 10_000  # runs per sweep unless the spec (max_runs) or the CLI (--max-runs) says more
+MAX_RUN_GIB = 8.0  # estimated memory of one run (max_run_gib, --max-run-gib)
+MAX_SPEC_BYTES = 1 << 20
+
+
+def _no_bool(value: Any) -> Any:
+    """YAML's true/false are not numbers (pydantic alone would read ``depth: true`` as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("a number is needed, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Num = Annotated[float, BeforeValidator(_no_bool)]
+
+
+class FieldError(ValueError):
+    """A check of several fields that failed; ``field`` is the one to edit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class RunConfig(BaseModel):
@@ -36,30 +68,30 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     dataset: str = DEFAULTS.dataset
-    n_samples: int = Field(DEFAULTS.n_samples, ge=8, le=1_000_000,
+    n_samples: Int = Field(DEFAULTS.n_samples, ge=8, le=1_000_000,
                            description="synthetic data sets only")  # fmt: skip
-    depth: int = Field(DEFAULTS.depth, ge=1, le=1000, description="weight layers")
-    width: int = Field(DEFAULTS.width, ge=1, le=100_000)
+    depth: Int = Field(DEFAULTS.depth, ge=1, le=1000, description="weight layers")
+    width: Int = Field(DEFAULTS.width, ge=1, le=100_000)
     activation: str = DEFAULTS.activation
     init: str = DEFAULTS.init
     optimizer: str = DEFAULTS.optimizer
-    lr: float = Field(DEFAULTS.lr, gt=0, le=1e6)
-    momentum: float | None = Field(None, ge=0)
-    weight_decay: float | None = Field(None, ge=0)
-    beta1: float | None = Field(None, ge=0, lt=1)
-    beta2: float | None = Field(None, ge=0, lt=1)
-    eps: float | None = Field(None, ge=0)
-    alpha: float | None = Field(None, ge=0, le=1)
+    lr: Num = Field(DEFAULTS.lr, gt=0, le=1e6)
+    momentum: Num | None = Field(None, ge=0)
+    weight_decay: Num | None = Field(None, ge=0)
+    beta1: Num | None = Field(None, ge=0, lt=1)
+    beta2: Num | None = Field(None, ge=0, lt=1)
+    eps: Num | None = Field(None, ge=0)
+    alpha: Num | None = Field(None, ge=0, le=1)
     clip: str = DEFAULTS.clip
-    clip_value: float | None = Field(None, gt=0)
-    batch_size: int = Field(DEFAULTS.batch_size, ge=1)
-    steps: int = Field(DEFAULTS.steps, ge=1, le=10_000_000)
-    record_every: int = Field(DEFAULTS.record_every, ge=1)
-    seed: int = Field(DEFAULTS.seed, ge=0, le=2**32 - 1)
+    clip_value: Num | None = Field(None, gt=0)
+    batch_size: Int = Field(DEFAULTS.batch_size, ge=1)
+    steps: Int = Field(DEFAULTS.steps, ge=1, le=10_000_000)
+    record_every: Int = Field(DEFAULTS.record_every, ge=1)
+    seed: Int = Field(DEFAULTS.seed, ge=0, le=2**32 - 1)
     dtype: Literal["float32", "float64"] = DEFAULTS.dtype
     norm: str = DEFAULTS.norm
     residual: bool = DEFAULTS.residual
-    residual_scale: Annotated[float, Field(gt=0)] | Literal["inv_sqrt_depth"] = (
+    residual_scale: Annotated[Num, Field(gt=0)] | Literal["inv_sqrt_depth"] = (
         DEFAULTS.residual_scale
     )
 
@@ -95,9 +127,29 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _combination(self) -> RunConfig:
-        clip_code(self.clip, self.clip_value)
-        resolve_optimizer(self.optimizer, self.lr, self.optimizer_options())
+        try:
+            clip_code(self.clip, self.clip_value)
+        except (ValueError, TypeError) as err:
+            raise FieldError("clip", str(err)) from None
+        try:
+            resolve_optimizer(self.optimizer, self.lr, self.optimizer_options())
+        except (ValueError, TypeError) as err:
+            raise FieldError("optimizer", str(err)) from None
         return self
+
+    def memory_bytes(self) -> int:
+        """About the most memory the run holds at once: parameters with their gradients,
+        optimizer state and initial copy (5×), the batch's activations, pre-activations, skip
+        outputs and deltas (4× the units × batch), the records (arrays and tables), the data."""
+        n_in, n_out, rows = SHAPES[self.dataset]
+        rows = rows or self.n_samples
+        sizes = [n_in] + [self.width] * (self.depth - 1) + [n_out]
+        item = 4 if self.dtype == "float32" else 8
+        params = sum(a * b + 3 * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        scratch = 4 * min(self.batch_size, rows) * sum(sizes)
+        n_rec = (self.steps - 1) // self.record_every + 2
+        records = 2 * 8 * n_rec * (self.depth * len(LAYER_SLOTS) + len(STEP_SLOTS))
+        return (5 * params + scratch) * item + records + 2 * 8 * rows * (n_in + n_out)
 
     def optimizer_options(self) -> dict[str, object]:
         """The set options under PyTorch's keyword names (betas as a pair)."""
@@ -149,8 +201,8 @@ class Axis(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     values: list[Any] | None = Field(None, min_length=1)
-    min: float | None = None
-    max: float | None = None
+    min: Num | None = None
+    max: Num | None = None
     distribution: Literal["uniform", "log_uniform", "int_uniform"] = "uniform"
 
     @model_validator(mode="after")
@@ -177,9 +229,11 @@ class SweepSpec(BaseModel):
     experiment: str | None = None
     description: str = ""
     method: Literal["grid", "random"] = "grid"
-    count: int | None = Field(None, ge=1, description="random method: runs to sample")
-    sample_seed: int = Field(0, ge=0, description="random method: seed of the sampler")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    count: Int | None = Field(None, ge=1, description="random method: runs to sample")
+    sample_seed: Int = Field(0, ge=0, description="random method: seed of the sampler")
+    seeds: list[Int] = Field(default_factory=lambda: [0], min_length=1)
+    max_runs: Int = Field(MAX_RUNS, ge=1, description="refuse to expand to more runs")
+    max_run_gib: Num = Field(MAX_RUN_GIB, gt=0, description="refuse a run that needs more")
     base: dict[str, Any] = Field(default_factory=dict)
     parameters: Grid | list[Grid] = Field(default_factory=dict)
 
@@ -283,8 +337,51 @@ def _sample(axis: Axis, rng: np.random.Generator) -> Any:
     return float(rng.uniform(axis.min, axis.max))
 
 
-def expand(spec: SweepSpec, source: str = "<spec>") -> list[RunConfig]:
-    """All RunConfigs of a sweep (deduplicated by run_key, in order), validated one by one."""
+def size(spec: SweepSpec) -> int:
+    """Runs the spec expands to before duplicates are dropped (counted, not expanded)."""
+    per_seed = sum(math.prod(len(a.values) for a in grid.values()) if spec.method == "grid"
+                   else spec.count for grid in spec.grids)  # fmt: skip
+    return per_seed * len(spec.seeds)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n < 2**40 else f"{n / 2**40:,.1f} TiB"
+
+
+def _run_error(err: ValidationError, prefix: str, point: dict[str, Any], base: dict[str, Any],
+               source: str) -> str:  # fmt: skip
+    """The message for a run that fails as a whole, at the key the user must edit: the axis that
+    set the field at fault, else ``base.<field>``, else ``base``."""
+    first = err.errors(include_url=False)[0]
+    problem = (first.get("ctx") or {}).get("error")
+    field = problem.field if isinstance(problem, FieldError) else str((first["loc"] or ("",))[0])
+    run = ", ".join(f"{k}={v}" for k, v in point.items())
+    if field in point:
+        where = f"{prefix}.{field} (the run {run})"
+    elif field in base or not point:
+        where = f"base.{field}" if field else "base"
+    else:
+        where = f"{prefix} (the run {run})"
+    return _describe(err, where, source, field)
+
+
+def expand(spec: SweepSpec, source: str = "<spec>", max_runs: int | None = None,
+           max_run_gib: float | None = None) -> list[RunConfig]:  # fmt: skip
+    """All RunConfigs of a sweep (deduplicated by run_key, in order), validated one by one.
+
+    ``max_runs``/``max_run_gib`` override the spec's bounds on the number of runs (checked
+    before anything is expanded) and on one run's estimated memory (``RunConfig.memory_bytes``).
+    """
+    limit = spec.max_runs if max_runs is None else max_runs
+    gib = spec.max_run_gib if max_run_gib is None else max_run_gib
+    n = size(spec)
+    if n == 0:
+        raise SpecError(f"{source}: parameters: an empty list of grids gives no runs")
+    if n > limit:
+        raise SpecError(
+            f"{source}: the spec expands to {n:,} runs, above the limit of {limit:,}; to run them "
+            f"all, set max_runs: {n} in the spec (or pass --max-runs {n})"
+        )
     _run_config(spec.base, "base", source, fields_only=True)  # field errors point at base
     points: list[tuple[str, dict[str, Any]]] = []
     for g, grid in enumerate(spec.grids):
@@ -310,38 +407,92 @@ def expand(spec: SweepSpec, source: str = "<spec>") -> list[RunConfig]:
     runs, seen = [], set()
     for prefix, point in points:
         for seed in spec.seeds:
-            values = {**spec.base, **point, "seed": seed}
-            where = f"{prefix} run {', '.join(f'{k}={v}' for k, v in point.items())}"
-            cfg = _run_config(values, where, source)
+            try:
+                cfg = RunConfig(**{**spec.base, **point, "seed": seed})
+            except ValidationError as err:
+                raise SpecError(_run_error(err, prefix, point, spec.base, source)) from None
+            if cfg.memory_bytes() > gib * 2**30:
+                where = f"{prefix} (the run {cfg.name})" if point else "base"
+                raise SpecError(
+                    f"{source}: {where}: needs about {_gib(cfg.memory_bytes())} of memory, above "
+                    f"the limit of {gib:g} GiB a run; make depth, width, batch_size or "
+                    f"steps / record_every smaller, or set max_run_gib (or --max-run-gib)"
+                )
             if cfg.run_key not in seen:
                 seen.add(cfg.run_key)
                 runs.append(cfg)
     return runs
 
 
-def load_spec(path: str | Path) -> tuple[SweepSpec, list[RunConfig]]:
-    """Read, validate and expand a sweep file; every problem raises ``SpecError``."""
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {seen[key]})",
+                        key_node.start_mark,
+                    )  # fmt: skip
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:
+                continue  # an unhashable key: the base class says so
+        return super().construct_mapping(node, deep)
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping in ``path``: UTF-8 text of at most ``MAX_SPEC_BYTES``, unique keys."""
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()[: MAX_SPEC_BYTES + 1]
     except FileNotFoundError:
         raise SpecError(f"{source}: no such file") from None
     except OSError as err:
-        raise SpecError(f"{source}: cannot read: {err.strerror}") from None
+        raise SpecError(f"{source}: cannot read: {err.strerror or err}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{source}: larger than {MAX_SPEC_BYTES >> 20} MiB; is it a sweep spec?")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            f"{source}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            f"a sweep spec is a YAML file saved as UTF-8"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if problem.startswith("duplicate key") and mark:
+            raise SpecError(
+                f"{source}: line {mark.line + 1}: {problem}; give each key once"
+            ) from None
         raise SpecError(f"{source}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: nested too deeply to be a sweep spec") from None
     if not isinstance(data, dict):
         raise SpecError(
             f"{source}: the file must be a mapping with name, base, parameters, ...; got {type(data).__name__}"
         )
+    return {str(k): v for k, v in data.items()}
+
+
+def load_spec(path: str | Path, max_runs: int | None = None,
+              max_run_gib: float | None = None) -> tuple[SweepSpec, list[RunConfig]]:  # fmt: skip
+    """Read, validate and expand a sweep file; every problem raises ``SpecError``. The bounds
+    override the spec's (``expand``)."""
+    data = read_spec(path)
     try:
-        spec = SweepSpec(**{str(k): v for k, v in data.items()})
+        spec = SweepSpec(**data)
     except ValidationError as err:
-        raise SpecError(_describe(err, "", source)) from None
-    return spec, expand(spec, source)
+        raise SpecError(_describe(err, "", str(path))) from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to be a sweep spec") from None
+    return spec, expand(spec, str(path), max_runs, max_run_gib)

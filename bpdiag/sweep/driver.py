@@ -53,6 +53,8 @@ def run_sweep(
     rerun: bool = False,
     on_start: Callable[[SweepOutcome, int], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
+    max_runs: int | None = None,
+    max_run_gib: float | None = None,
 ) -> SweepOutcome:
     """Run (or resume) the sweep in ``spec_path``.
 
@@ -60,14 +62,15 @@ def run_sweep(
     again and deletes the superseded children once their replacements finish); children a
     killed sweep left RUNNING become KILLED. Raises ``SpecError`` for an invalid spec before
     anything is written. ``on_start(outcome, n_todo)`` and ``on_result(result)`` let the CLI
-    show progress.
+    show progress; ``max_runs``/``max_run_gib`` raise the spec's bounds (``load_spec``).
     """
     t_start = time.perf_counter()
-    spec, runs = load_spec(spec_path)
+    spec, runs = load_spec(spec_path, max_runs, max_run_gib)
     out = SweepOutcome(spec, runs)
     pending = schedule.start(scheduler, workers)
     try:
-        plan = _open(Tracker(tracking_uri), spec, runs, Path(spec_path).read_text(), rerun, out)
+        source = Path(spec_path).read_text(encoding="utf-8-sig")  # load_spec read it as UTF-8
+        plan = _open(Tracker(tracking_uri), spec, runs, source, rerun, out)
     except BaseException:
         schedule.close_when_up(pending)
         raise

@@ -101,13 +101,10 @@ def warm_up() -> str:
     """Import the heavy modules and load (on a fresh machine: compile) every kernel, with BLAS
     single-threaded: one worker process per core. Returns the worker's name.
 
-    Workers on one machine share Numba's on-disk cache: the kernel part runs under a machine-wide
-    file lock, so the first worker compiles while the others wait and then load the cache,
-    instead of all compiling at once and racing on its files; the imports run in parallel.
+    Workers on one machine share Numba's on-disk cache: the first to find it empty compiles
+    the kernels in a child process while the others wait, and all then load the cache
+    (``bpdiag.compiled``); the imports run in parallel.
     """
-    import fcntl
-    import tempfile
-
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
@@ -115,9 +112,7 @@ def warm_up() -> str:
 
     _dataset("spirals", 32, 0)
     tiny = {"depth": 3, "width": 4, "steps": 2, "record_every": 1, "n_samples": 32}
-    with open(os.path.join(tempfile.gettempdir(), "bpdiag-numba-cache.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for dtype in ("float32", "float64"):
-            execute(RunConfig(**tiny, dtype=dtype), figures=False)
-    execute(RunConfig(**tiny))  # figures too: matplotlib's fonts and caches, outside the lock
+    for dtype in ("float32", "float64"):
+        execute(RunConfig(**tiny, dtype=dtype), figures=False)
+    execute(RunConfig(**tiny))  # figures too: matplotlib's fonts and caches
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -126,6 +126,34 @@ parameters:
          r"parameters\.norm\.values\[1\]: unknown norm 'groupnorm'; valid: batchnorm, layernorm, none"),
         ("name: t\nbase: {residual: true, residual_scale: 0}\n", r"base\.residual_scale"),
         ("name: t\nbase: {residual_scale: inv_depth}\n", r"base\.residual_scale"),
+        # booleans are not numbers
+        ("name: t\nbase: {depth: true}\n", r"base\.depth: a number is needed, not a boolean"),
+        ("name: t\nparameters:\n  lr: {values: [0.1, false]}\n", r"parameters\.lr\.values\[1\]: a number"),
+        ("name: t\nseeds: [0, true]\n", r"seeds\[1\]: a number is needed"),
+        ("name: t\nmethod: random\ncount: true\n", r"count: a number is needed"),
+        # a key given twice, in block and flow style
+        ("name: t\nbase:\n  depth: 3\n  depth: 4\n", r"line 4: duplicate key 'depth' \(first at line 3\)"),
+        ("name: t\nbase: {depth: 3, width: 2, depth: 4}\n", r"line 2: duplicate key 'depth'"),
+        ("name: t\nname: u\n", r"line 2: duplicate key 'name'"),
+        # key paths point where the user must edit
+        ("name: t\nbase: {clip: norm}\n", r"spec\.yaml: base\.clip: clip='norm' needs clip_value"),
+        ("name: t\nbase: {clip: norm}\nparameters:\n  depth: {values: [2, 3]}\n",
+         r"spec\.yaml: base\.clip: clip='norm' needs clip_value"),
+        ("name: t\nparameters:\n  clip: {values: [none, norm]}\n",
+         r"spec\.yaml: parameters\.clip \(the run clip=norm\): clip='norm' needs clip_value"),
+        ("name: t\nbase: {momentum: 0.9}\nparameters:\n  optimizer: {values: [sgd, adam]}\n",
+         r"parameters\.optimizer \(the run optimizer=adam\): unknown option\(s\) \['momentum'\]"),
+        ("name: t\nmethod: random\ncount: 2\nparameters:\n  depth: {min: 2, max: 5}\n",
+         r"parameters\.depth \(the run depth=[0-9.]+\): Input should be a valid integer"),
+        # bounds: runs per sweep, memory per run, nothing to run
+        ("name: t\nmethod: random\ncount: 100000000\nparameters:\n  lr: {min: 0.001, max: 0.1}\n",
+         r"expands to 100,000,000 runs, above the limit of 10,000; .*max_runs: 100000000"),
+        ("name: t\nseeds: [0, 1]\nparameters:\n  depth: {values: [2, 3]}\n  width: {values: [2, 3]}\nmax_runs: 7\n",
+         r"expands to 8 runs, above the limit of 7"),
+        ("name: t\nbase: {width: 100000, depth: 1000}\n", r"base: needs about [0-9.,]+ TiB of memory, above the limit of 8 GiB"),
+        ("name: t\nparameters:\n  width: {values: [64, 30000]}\nbase: {depth: 200}\n",
+         r"parameters \(the run .*d200×30000.*\): needs about [0-9.,]+ TiB"),
+        ("name: t\nparameters: []\n", r"an empty list of grids gives no runs"),
     ],
 )  # fmt: skip
 def test_bad_specs(tmp_path, text, message):
@@ -133,6 +161,50 @@ def test_bad_specs(tmp_path, text, message):
     with pytest.raises(SpecError, match=message) as info:
         load_spec(path)
     assert str(info.value).startswith(str(path))
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("name: t\nbase: {activation: tanh}  # caf\xe9\n".encode("latin-1"),
+         r"not UTF-8 text \(byte 0xe9 at offset \d+\)"),
+        (bytes(range(256)) * 4, r"not UTF-8 text \(byte 0x80 at offset 128\)"),
+        (b"name: t\x00\n", r"malformed YAML"),
+        (b"x" * (2 << 20), r"larger than 1 MiB"),
+    ],
+)  # fmt: skip
+def test_files_that_are_not_utf8_yaml(tmp_path, raw, message):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
+
+
+def test_a_bom_and_a_merge_key_are_fine(tmp_path):
+    text = "name: t\nshared: &s {depth: 3}\n"
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + b"name: t\nbase:\n  <<: {depth: 3, width: 5}\n  depth: 4\n")
+    assert load_spec(path)[1][0].depth == 4 and text
+
+
+def test_the_bounds_can_be_raised_by_the_caller(tmp_path):
+    path = _write(tmp_path, "name: t\nparameters:\n  depth: {values: [2, 3, 4]}\nmax_runs: 2\n")
+    with pytest.raises(SpecError, match="above the limit of 2"):
+        load_spec(path)
+    assert len(load_spec(path, max_runs=3)[1]) == 3
+    big = _write(tmp_path, "name: t\nbase: {width: 6000, depth: 3}\n", "big.yaml")
+    with pytest.raises(SpecError, match="GiB of memory"):
+        load_spec(big, max_run_gib=0.5)
+    assert load_spec(big)[1]
+    result = CliRunner().invoke(main, ["sweep", str(path), "--dry-run", "--max-runs", "3"])
+    assert result.exit_code == 0 and "3 runs" in " ".join(result.output.split())
+
+
+def test_memory_estimate_covers_parameters_records_and_data():
+    small, wide = RunConfig(depth=3, width=8), RunConfig(depth=3, width=8000)
+    assert small.memory_bytes() < 2**20 < 5 * 8 * 8000**2 < wide.memory_bytes() < 8 * 8 * 8000**2
+    long = RunConfig(depth=100, width=8, steps=1_000_000, record_every=1)
+    assert long.memory_bytes() > 1_000_000 * 100 * 8  # a record of every layer, every step
 
 
 def test_missing_file(tmp_path):
