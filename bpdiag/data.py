@@ -7,6 +7,7 @@ multi-class tasks have integer labels of shape (m,) (loss ``ce``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,7 +93,19 @@ SHAPES = {"spirals": (2, 1, None), "xor": (2, 1, None), "circles": (2, 1, None),
           "blobs": (8, 4, None), "digits": (64, 10, 1797), "breast_cancer": (30, 1, 569)}  # fmt: skip
 
 
-def load(name: str, n_samples: int = 1000, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+TEST_FRACTION = 0.25
+
+
+def train_rows(name: str, n_samples: int, test_fraction: float = TEST_FRACTION) -> int:
+    """Rows of ``load(name, n_samples)``'s training split, without loading it (scikit-learn
+    holds out ⌈test_fraction · n⌉ rows)."""
+    rows = SHAPES[name][2] or n_samples
+    return rows - math.ceil(test_fraction * rows)
+
+
+def load(
+    name: str, n_samples: int = 1000, test_fraction: float = TEST_FRACTION, seed: int = 0
+) -> Dataset:
     """Load data set ``name``: ``n_samples`` points (synthetic only), a seeded stratified split."""
     from sklearn.model_selection import train_test_split
 

@@ -27,7 +27,7 @@ def run_title(hist) -> str:
     width = f" × {widths[0]}" if len(widths) == 1 else ""
     clip = f" · clip {c['clip']}" + (f" {c['clip_value']:g}" if c.get("clip_value") else "")
     cure = f" · {m['norm']}" if m.get("norm", "none") != "none" else ""
-    if m.get("residual"):
+    if any(m.get("skips") or []):  # residual=True gives no skip where no widths match
         alpha = m.get("alpha", 1.0)
         cure += " · skip" + (f" ×{alpha:.3g}" if alpha != 1 else "")
     return (

@@ -77,7 +77,10 @@ class Prediction:
 
     @property
     def depth_scale(self) -> float:
-        """ξ = 1/|ln χ₁| layers (inf at criticality: |ln χ₁| below the quadrature's 1e-10)."""
+        """ξ = 1/|ln χ₁| layers (inf at criticality: |ln χ₁| below the quadrature's 1e-10; NaN
+        where the theory has no χ₁, as for BatchNorm with a skip)."""
+        if not math.isfinite(self.chi1):
+            return math.nan
         log = abs(math.log(self.chi1)) if self.chi1 > 0 else math.inf
         return math.inf if log < 1e-10 else 1.0 / log
 

@@ -33,10 +33,10 @@ from bpdiag.choices.activations import activation_code
 from bpdiag.choices.clipping import clip_code
 from bpdiag.choices.defaults import DEFAULTS
 from bpdiag.choices.inits import get_init
-from bpdiag.choices.norms import norm_code
+from bpdiag.choices.norms import norm_code, residual_scale
 from bpdiag.choices.optim import OPTIMIZERS, resolve_optimizer
 from bpdiag.choices.registry import lookup
-from bpdiag.data import DATASETS, SHAPES
+from bpdiag.data import DATASETS, SHAPES, train_rows
 
 MAX_RUNS = 10_000  # runs per sweep unless the spec (max_runs) or the CLI (--max-runs) says more
 MAX_RUN_GIB = 8.0  # estimated memory of one run (max_run_gib, --max-run-gib)
@@ -91,9 +91,16 @@ class RunConfig(BaseModel):
     dtype: Literal["float32", "float64"] = DEFAULTS.dtype
     norm: str = DEFAULTS.norm
     residual: bool = DEFAULTS.residual
-    residual_scale: Annotated[Num, Field(gt=0)] | Literal["inv_sqrt_depth"] = (
-        DEFAULTS.residual_scale
-    )
+    residual_scale: float | str = DEFAULTS.residual_scale  # α, or a name (choices.norms)
+
+    @field_validator("residual_scale", mode="before")
+    @classmethod
+    def _residual_scale(cls, v: object) -> object:
+        try:
+            residual_scale(v, 1)  # the choices' own check: a positive number or a known name
+        except TypeError as err:
+            raise ValueError(str(err)) from None
+        return v
 
     @field_validator("dataset")
     @classmethod
@@ -135,6 +142,15 @@ class RunConfig(BaseModel):
             resolve_optimizer(self.optimizer, self.lr, self.optimizer_options())
         except (ValueError, TypeError) as err:
             raise FieldError("optimizer", str(err)) from None
+        rows = train_rows(self.dataset, self.n_samples)
+        batch = min(self.batch_size, rows)
+        if self.norm == "batchnorm" and (batch == 1 or rows % batch == 1):
+            raise FieldError(
+                "batch_size",
+                f"batchnorm needs at least 2 rows in every training batch, but batch_size="
+                f"{self.batch_size} over the {rows} training rows of {self.dataset} leaves a "
+                f"batch of 1; choose another batch_size",
+            )
         return self
 
     def memory_bytes(self) -> int:

@@ -59,6 +59,10 @@ def test_phases_and_depth_scale():
     # ordered tanh: q* = 0, so χ₁ = σ_w² tanh'(0)² = 0.5 and ξ = 1/ln 2
     assert ordered.chi1 == pytest.approx(0.5, rel=1e-9)
     assert ordered.depth_scale == pytest.approx(1 / math.log(2), rel=1e-9)
+    # no χ₁ (BatchNorm across skips): no depth scale either, rather than a made-up 0
+    bn_skip = predict([N] * 11, "relu", "he_normal", norm="batchnorm", skips=[False] + [True] * 8
+                      + [False], batch=32)  # fmt: skip
+    assert math.isnan(bn_skip.chi1) and math.isnan(bn_skip.depth_scale)
 
 
 def test_chaotic_fixed_point_against_gauss_hermite():

@@ -125,7 +125,14 @@ parameters:
         ("name: t\nparameters:\n  norm: {values: [batchnorm, groupnorm]}\n",
          r"parameters\.norm\.values\[1\]: unknown norm 'groupnorm'; valid: batchnorm, layernorm, none"),
         ("name: t\nbase: {residual: true, residual_scale: 0}\n", r"base\.residual_scale"),
-        ("name: t\nbase: {residual_scale: inv_depth}\n", r"base\.residual_scale"),
+        ("name: t\nbase: {residual_scale: inv_depth}\n",
+         r"base\.residual_scale: unknown residual_scale 'inv_depth'; valid: .*inv_sqrt_depth"),
+        ("name: t\nbase: {residual_scale: true}\n", r"base\.residual_scale: .*a number or a name"),
+        # a BatchNorm run whose training split leaves a batch of one row (spirals: 8 rows, 6 to train)
+        ("name: t\nbase: {norm: batchnorm, n_samples: 8, batch_size: 5}\n",
+         r"base\.batch_size: batchnorm needs at least 2 rows.*6 training rows"),
+        ("name: t\nbase: {norm: batchnorm}\nparameters:\n  batch_size: {values: [32, 1]}\n",
+         r"parameters\.batch_size \(the run batch_size=1\): batchnorm needs at least 2 rows"),
         # booleans are not numbers
         ("name: t\nbase: {depth: true}\n", r"base\.depth: a number is needed, not a boolean"),
         ("name: t\nparameters:\n  lr: {values: [0.1, false]}\n", r"parameters\.lr\.values\[1\]: a number"),
