@@ -46,7 +46,8 @@ STEP_SERIES = _series(
     Series("step", None, "optimizer step of the record (0: at init, before any update)"),
     Series("loss", "loss", "batch-mean training loss of the step's minibatch"),
     Series("accuracy", "accuracy", "accuracy on the step's minibatch (NaN for mse)"),
-    Series("grad_norm_total", "grad_norm/total", "‖∂L/∂θ‖ over all W and b, before clipping"),
+    Series("grad_norm_total", "grad_norm/total", "‖∂L/∂θ‖ over all parameters (W, b; γ, β where normalized), before"
+           " clipping"),
     Series("grad_norm_total_clipped", "grad_norm/total_clipped", "the same after clipping",
            clipped_only=True),
     Series("clip_coef", "clip_coef", "clipped norm / norm (1: not clipped)", clipped_only=True),
@@ -63,8 +64,10 @@ LAYER_SERIES = _series(
     Series("update_ratio", "update_ratio", "‖ΔW_l‖ / ‖W_l‖ of the step's update"),
     Series("act_mean", None, "mean of a_l over the batch and units"),
     Series("act_std", None, "standard deviation of a_l over the batch and units"),
-    Series("frac_saturated", None, "hidden sigmoid a < 0.01 or > 0.99, tanh |a| > 0.99 (else NaN)"),
-    Series("frac_dead", None, "hidden ReLU-family units with z ≤ 0 on the whole batch (else NaN)"),
+    Series("frac_saturated", None, "hidden sigmoid h < 0.01 or > 0.99, tanh |h| > 0.99, h = φ(·)"
+           " before any skip (else NaN)"),
+    Series("frac_dead", None, "hidden ReLU-family units whose input to φ (z, or u after the"
+           " normalization) is ≤ 0 on the whole batch (else NaN)"),
     Series("nonfinite", None, "NaN/Inf entries of the layer's gradient"),
     Series("grad_norm_affine", None, "‖(∂L/∂γ_l, ∂L/∂β_l)‖ of a normalized layer, before clipping"),
     Series("delta_rms_normed", None, "RMS over the batch of ‖∂ℓ_i/∂u_l‖ after the normalization"),

@@ -27,6 +27,7 @@ from bpdiag.model import MLP
 # once per chunk; chunks are sized by the net alone, never by the clock, so a hook that stops
 # training stops it at the same step on a fast machine and a slow one.
 CHUNK_MACS = 2**30
+FIRST_CHUNK = 16  # steps in the first kernel call; each later call doubles it up to the cap
 # Multiply-adds per layer and step (batch × fan-in × fan-out, averaged over the layers) from
 # which the two-core step beats one thread: below it, handing work to the second core costs
 # more than the core gives back (docs/performance.md).
@@ -263,12 +264,14 @@ def chunk_steps(net: MLP, batch: int) -> int:
 def _run(net: MLP, ws: Workspace, setup: Setup, X: np.ndarray, Y: np.ndarray,
          sampler: BatchSampler, rec: Records, steps: int,
          hooks: Sequence[object]) -> tuple[int, int, str | None, int]:  # fmt: skip
-    """The kernel, chunk after chunk (``chunk_steps``), with the hooks between. Returns
-    (steps done, records written, what stopped training, the non-finite step or −1)."""
+    """The kernel, chunk after chunk, with the hooks between: chunks of 16, 32, 64, … steps up
+    to ``chunk_steps`` (so a hook sees a young run often, an old one cheaply). Returns (steps
+    done, records written, what stopped training, the non-finite step or −1)."""
     done, row, stopped_by, diverged = 0, 0, None, -1
-    chunk = chunk_steps(net, int(ws.buffers.Y.shape[0]))
+    chunk, first = chunk_steps(net, int(ws.buffers.Y.shape[0])), FIRST_CHUNK
     while done < steps and stopped_by is None:
-        n = min(chunk, steps - done)
+        n = min(chunk, first, steps - done)
+        first *= 2
         idx, starts = sampler.take(n)
         k, new_row, status = train_steps(net.theta, net.running, ws.state, net.layout, ws.buffers,
                                          setup, Feed(X, Y, idx, starts), rec, done, row)  # fmt: skip

@@ -4,10 +4,10 @@
 |-------|--------------------------------------------------------------------------------------|
 | none  | nothing                                                                              |
 | value | ``torch.nn.utils.clip_grad_value_``: every entry clamped to [−c, c]                  |
-| norm  | ``clip_grad_norm_`` over all W and b: g ← g · min(1, c / (‖g‖ + 1e−6))               |
-| layer | the same per layer (W and b of one layer together)                                   |
+| norm  | ``clip_grad_norm_`` over all parameters: g ← g · min(1, c / (‖g‖ + 1e−6))            |
+| layer | the same per layer (its W, b and, where normalized, γ and β together)                |
 | agc   | ``optax.adaptive_grad_clip(c, eps=1e-3)``: per output unit i (row of W; a bias       |
-|       | vector counts as one unit), if ‖G_i‖ ≥ c·max(‖W_i‖, 1e−3):                           |
+|       | vector, γ and β each count as one unit), if ‖G_i‖ ≥ c·max(‖W_i‖, 1e−3):              |
 |       | G_i ← G_i · c·max(‖W_i‖, 1e−3) / max(‖G_i‖, 1e−6)                                    |
 """
 
