@@ -197,3 +197,18 @@ def test_hooks_see_chunks_and_can_stop():
     hist = train(net, X, Y, steps=10_000, hooks=[stop_after_first])
     assert len(seen) == 1 and hist.stopped_by == "function" and hist.steps_done < 10_000
     assert seen[0].step == hist.steps_done and list(seen[0].steps["step"])[0] == 0
+
+
+def test_chunks_double_from_16_steps_up_to_the_cap():
+    from bpdiag.training import chunk_steps
+
+    seen = []
+    net, X, Y = _setup()
+    train(net, X, Y, steps=300, hooks=[lambda chunk: seen.append(chunk.step)])
+    cap = chunk_steps(net, X.shape[0])
+    want, done, n = [], 0, 16
+    while done < 300:
+        done += min(n, cap, 300 - done)
+        want.append(done)
+        n *= 2
+    assert seen == want and want[:3] == [16, 48, 112]
