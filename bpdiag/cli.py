@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from pathlib import Path
 
 import click
@@ -233,9 +236,15 @@ def _counts_by_axis(console, table, axes: list[str]) -> None:
 @click.option("--max-runs", type=click.IntRange(1), help="allow more runs than the spec's max_runs")
 @click.option("--max-run-gib", type=click.FloatRange(min=0, min_open=True),
               help="allow runs estimated above the spec's max_run_gib")  # fmt: skip
+@click.option("--lease", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="seconds without a heartbeat after which another host's sweep is dead")  # fmt: skip
 def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_runs,
-          max_run_gib) -> None:  # fmt: skip
-    """Run the sweep in SPEC (a sweeps/*.yaml file) on Dask and log it to MLflow."""
+          max_run_gib, lease) -> None:  # fmt: skip
+    """Run the sweep in SPEC (a sweeps/*.yaml file) on Dask and log it to MLflow.
+
+    Exit status: 0 when every run finished, 1 when some failed (or the store or cluster
+    failed), 2 for bad input, 130 on Ctrl-C and 143 on SIGTERM (the store stays consistent:
+    run the same command again to resume)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -277,9 +286,14 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
                    TextColumn("eta"), TimeRemainingColumn(), console=console)  # fmt: skip
     task = {}
 
+    failures: list[str] = []  # the last line of each failed run's error
+
     def on_start(outcome, n_todo):
+        others = (f", {outcome.waiting} of them after another sweep that is running them now"
+                  if outcome.waiting else "")  # fmt: skip
         console.print(f"sweep [bold]{parsed.name}[/]: {len(outcome.runs)} runs, {outcome.skipped} "
-                      f"already FINISHED in {outcome.spec.experiment_name}; running {n_todo}")  # fmt: skip
+                      f"already FINISHED in {outcome.spec.experiment_name}; running {n_todo}"
+                      f"{others}")  # fmt: skip
         bar.start()
         task["id"] = bar.add_task("starting workers", total=n_todo, failed=0)
 
@@ -288,25 +302,29 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
                    failed=bar.tasks[0].fields["failed"] + (result.status != "FINISHED"))  # fmt: skip
         if result.status != "FINISHED":
             lines = (result.error or "").strip().splitlines() or ["unknown error"]
+            failures.append(lines[-1])
             bar.console.print(f"[red]FAILED[/] {result.config.name}: {lines[-1]}")
 
     try:
-        outcome = run_sweep(spec, tracking_uri, scheduler, workers, rerun, on_start, on_result,
-                            max_runs=max_runs, max_run_gib=max_run_gib)  # fmt: skip
+        with _signals_as_interrupts():
+            outcome = run_sweep(spec, tracking_uri, scheduler, workers, rerun, on_start,
+                                on_result, max_runs=max_runs, max_run_gib=max_run_gib,
+                                lease=lease)  # fmt: skip
     except SpecError as err:
         _fail(str(err))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         bar.stop()
-        _fail(
-            "interrupted: finished runs are in the store; run the same command again to resume", 130
-        )
+        code = 128 + getattr(err, "signum", signal.SIGINT)
+        _fail("interrupted: finished runs are in the store; run the same command again to "
+              "resume", code)  # fmt: skip
     except Exception as err:  # store or cluster unreachable, ...: one line, not a traceback
         bar.stop()
         _fail(f"{type(err).__name__}: {err}", 1)
     finally:
         bar.stop()
+    others = f", {outcome.by_others} finished by another sweep" if outcome.by_others else ""
     console.print(f"[bold]{outcome.finished}[/] finished, [red]{outcome.failed}[/] failed, "
-                  f"{outcome.skipped} skipped (already in the store)")  # fmt: skip
+                  f"{outcome.skipped} skipped (already in the store){others}")  # fmt: skip
     if outcome.table is not None and not outcome.table.empty:
         _counts_by_axis(console, outcome.table, varying_axes(outcome.table)[:4])
     if timings:
@@ -317,6 +335,42 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
     console.print(
         "and expand the sweep's parent run; filter e.g. tags.bpdiag.diagnosis = 'vanishing'"
     )
+    if failures:
+        from collections import Counter
+
+        tally = "\n".join(f"  {n}× {line}" for line, n in Counter(failures).most_common(5))
+        _fail(f"{len(failures)} of {len(failures) + outcome.finished} runs failed (their "
+              f"error.txt is in the store):\n{tally}", 1)  # fmt: skip
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread so that the sweep cleans up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGINT and SIGTERM raise ``_Interrupted`` (the sweep marks what it leaves KILLED and
+    stops its workers); a second signal during that clean-up exits at once, as the next sweep
+    recovers the store anyway."""
+
+    def first(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, again)
+        raise _Interrupted(signum)
+
+    def again(signum, frame):
+        os._exit(128 + signum)
+
+    old = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _print_timings(console, t: dict) -> None:

@@ -141,4 +141,6 @@ class Tag:
     WORKER = "bpdiag.worker"  # host:pid of the worker that trained the run
     BLAS = "bpdiag.blas"  # the library the kernels' GEMMs ran in (``bpdiag.blas``)
     ERROR = "bpdiag.error"  # a failed run's traceback (its end)
+    DRIVER = "bpdiag.driver"  # host:pid of the sweep's driver process (on a parent)
+    HEARTBEAT = "bpdiag.heartbeat"  # unix seconds, renewed while the sweep runs (on a parent)
     PARENT = "mlflow.parentRunId"

@@ -4,6 +4,7 @@ summary and comparisons."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import wait
@@ -15,7 +16,10 @@ import pandas as pd
 from bpdiag.sweep import schedule
 from bpdiag.sweep.config import RunConfig, SweepSpec, load_spec
 from bpdiag.sweep.execute import RunResult
-from bpdiag.sweep.tracking import Tracker, ui_url
+from bpdiag.sweep.tracking import LEASE_S, Tracker, ui_url
+
+CLAIM_SETTLE_S = 1.0  # between claiming and comparing claims: other sweeps' claims land
+WAIT_POLL_S = 2.0  # how often a sweep looks at runs another sweep is training
 
 
 @dataclass
@@ -25,6 +29,8 @@ class SweepOutcome:
     skipped: int = 0  # already FINISHED in the store
     finished: int = 0
     failed: int = 0
+    waiting: int = 0  # at the start, being trained by another live sweep on the same store
+    by_others: int = 0  # of these, finished by the other sweep
     experiment_id: str | None = None
     parent_run_id: str | None = None
     table: pd.DataFrame | None = None  # one row per FINISHED child of this sweep's run_keys
@@ -40,8 +46,9 @@ class _Plan:
     experiment_id: str
     parent: str
     keys: set[str]  # every run_key of the spec
-    finished: dict[str, str]  # run_key → run_id of the FINISHED children found at the start
-    todo: list[RunConfig]
+    todo: list[RunConfig]  # the runs this sweep trains (its claims won)
+    waiting: list[RunConfig]  # runs another live sweep is training
+    claims: dict[str, str] = field(default_factory=dict)  # run_key → this sweep's child
     losses: dict[str, pd.DataFrame] = field(default_factory=dict)  # run_id → (step, loss)
 
 
@@ -55,14 +62,17 @@ def run_sweep(
     on_result: Callable[[RunResult], None] | None = None,
     max_runs: int | None = None,
     max_run_gib: float | None = None,
+    lease: float = LEASE_S,
 ) -> SweepOutcome:
     """Run (or resume) the sweep in ``spec_path``.
 
     Resume: run_keys with a FINISHED child in the experiment are skipped (``rerun`` runs them
-    again and deletes the superseded children once their replacements finish); children a
-    killed sweep left RUNNING become KILLED. Raises ``SpecError`` for an invalid spec before
-    anything is written. ``on_start(outcome, n_todo)`` and ``on_result(result)`` let the CLI
-    show progress; ``max_runs``/``max_run_gib`` raise the spec's bounds (``load_spec``).
+    again and deletes the superseded children once their replacements finish); what a dead
+    sweep left RUNNING becomes KILLED; runs another live sweep is training are waited for, and
+    taken over if it dies (``tracking``: ``lease`` seconds without a heartbeat, or at once on
+    its own host). Raises ``SpecError`` for an invalid spec before anything is written.
+    ``on_start(outcome, n_todo)`` and ``on_result(result)`` let the CLI show progress;
+    ``max_runs``/``max_run_gib`` raise the spec's bounds (``load_spec``).
     """
     t_start = time.perf_counter()
     spec, runs = load_spec(spec_path, max_runs, max_run_gib)
@@ -70,28 +80,32 @@ def run_sweep(
     pending = schedule.start(scheduler, workers)
     try:
         source = Path(spec_path).read_text(encoding="utf-8-sig")  # load_spec read it as UTF-8
-        plan = _open(Tracker(tracking_uri), spec, runs, source, rerun, out)
+        plan = _open(Tracker(tracking_uri), spec, runs, source, rerun, lease, out)
     except BaseException:
         schedule.close_when_up(pending)
         raise
+    out.waiting = len(plan.waiting)
     if on_start:
-        on_start(out, len(plan.todo))
+        on_start(out, len(plan.todo) + len(plan.waiting))
     import bpdiag.sweep.figures  # noqa: F401  (matplotlib, for the parent's figures) while workers warm
 
     status, results, closing = "FAILED", [], None
+    beat = _Heartbeat(plan.tracker, plan.parent, lease)
     try:
         pool = pending.result()
         try:
-            if plan.todo:
-                out.timings.update(workers=pool.count, warm_s=pool.warm_seconds,
-                                   startup_s=time.perf_counter() - t_start)  # fmt: skip
-                t = time.perf_counter()
-                for result in pool.results(plan.todo):
+            out.timings.update(workers=pool.count, warm_s=pool.warm_seconds,
+                               startup_s=time.perf_counter() - t_start)  # fmt: skip
+            t = time.perf_counter()
+            todo = plan.todo or _take_over(plan, lease, out)
+            while todo:
+                for result in pool.results(todo):
                     _log(plan, result, rerun, out)
                     results.append(result)
                     if on_result:
                         on_result(result)
-                out.timings["run_phase_s"] = time.perf_counter() - t
+                todo = _take_over(plan, lease, out)
+            out.timings["run_phase_s"] = time.perf_counter() - t
         finally:
             closing = schedule.start_closing(pool)  # the cluster shuts down while we finish
         status = "FINISHED"
@@ -99,6 +113,7 @@ def run_sweep(
         status = "KILLED"
         raise
     finally:
+        beat.stop()
         _finish(plan, status, out)
         if closing is not None:
             wait([closing])
@@ -110,29 +125,88 @@ def run_sweep(
     return out
 
 
+class _Heartbeat:
+    """Renews the parent's heartbeat every ``lease``/6 seconds in a daemon thread."""
+
+    def __init__(self, tracker: Tracker, parent: str, lease: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(tracker, parent, lease / 6),
+                                        name="bpdiag-heartbeat", daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def _run(self, tracker: Tracker, parent: str, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                tracker.heartbeat(parent)
+            except Exception:  # a store busy for a moment: the next beat comes soon
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def _open(tracker: Tracker, spec: SweepSpec, runs: list[RunConfig], spec_text: str, rerun: bool,
-          out: SweepOutcome) -> _Plan:  # fmt: skip
-    """The experiment, what it has already, stale children marked KILLED, a new parent run."""
+          lease: float, out: SweepOutcome) -> _Plan:  # fmt: skip
+    """The experiment, dead sweeps' leftovers marked KILLED, a new parent run, and a claim on
+    every run to do (``tracking``): the runs this sweep trains and those it waits for."""
     exp_id = tracker.experiment_id(spec.experiment_name)
     out.experiment_id, out.url = exp_id, ui_url(exp_id)
-    keys = {cfg.run_key for cfg in runs}
+    tracker.reap(exp_id, lease)
     finished = tracker.finished_keys(exp_id)
-    todo = [cfg for cfg in runs if rerun or cfg.run_key not in finished]
-    out.skipped = len(runs) - len(todo)
-    tracker.mark_stale(exp_id, keys)
+    wanted = [cfg for cfg in runs if rerun or cfg.run_key not in finished]
+    out.skipped = len(runs) - len(wanted)
     parent = tracker.start_parent(exp_id, spec, spec_text, len(runs), out.skipped)
     out.parent_run_id = parent
-    return _Plan(tracker, exp_id, parent, keys, finished, todo)
+    plan = _Plan(tracker, exp_id, parent, {cfg.run_key for cfg in runs}, [], [])
+    plan.claims = tracker.claim(exp_id, parent, spec.name, wanted)
+    time.sleep(CLAIM_SETTLE_S)  # claims stamped before ours are committed by now
+    _divide(plan, wanted, rerun, lease, out)
+    return plan
+
+
+def _divide(plan: _Plan, wanted: list[RunConfig], rerun: bool, lease: float,
+            out: SweepOutcome) -> None:  # fmt: skip
+    """Split ``wanted`` (all claimed by this sweep) into the runs it trains (its claim is the
+    oldest live one) and those it waits for; drop the runs another sweep finished meanwhile."""
+    tracker, exp = plan.tracker, plan.experiment_id
+    live, _ = tracker.live_parents(exp, lease)
+    owners = tracker.owners(exp, live | {plan.parent})
+    finished = set() if rerun else tracker.finished_keys(exp)
+    plan.todo, plan.waiting = [], []
+    for cfg in wanted:
+        key = cfg.run_key
+        if key in finished:  # another sweep finished it between our look and our claim
+            tracker.client.delete_run(plan.claims.pop(key))
+            out.by_others += 1
+        elif owners.get(key) == plan.claims[key]:
+            plan.todo.append(cfg)
+        else:
+            plan.waiting.append(cfg)
+
+
+def _take_over(plan: _Plan, lease: float, out: SweepOutcome) -> list[RunConfig]:
+    """Wait for the runs other live sweeps are training: those they finish count as theirs,
+    those they leave (their sweep died) this sweep trains. Returns the runs to train next."""
+    while plan.waiting:
+        plan.tracker.reap(plan.experiment_id, lease)
+        _divide(plan, plan.waiting, False, lease, out)  # rerun or not: theirs is a fresh result
+        if plan.todo:
+            return plan.todo
+        if plan.waiting:
+            time.sleep(WAIT_POLL_S)
+    return []
 
 
 def _log(plan: _Plan, result: RunResult, rerun: bool, out: SweepOutcome) -> None:
-    """One result into the store; with ``rerun``, its superseded child out of it."""
-    run_id = plan.tracker.log_child(plan.experiment_id, plan.parent, out.spec.name, result)
+    """One result into its claimed child; then one FINISHED child per run_key (the newest)."""
+    key = result.run_key
+    run_id = plan.claims.pop(key)
+    plan.tracker.log_child(run_id, result)
     if result.steps is not None:
         plan.losses[run_id] = result.steps[["step", "loss"]]
-    key = result.run_key
-    if rerun and result.status == "FINISHED" and key in plan.finished:
-        plan.tracker.client.delete_run(plan.finished[key])  # one FINISHED child per run_key
+    if result.status == "FINISHED":
+        plan.tracker.keep_newest(plan.experiment_id, key)  # supersedes, or settles a race
     out.finished += result.status == "FINISHED"
     out.failed += result.status != "FINISHED"
     result.figures, result.layers, result.steps = {}, None, None  # logged; keep memory flat
@@ -141,6 +215,9 @@ def _log(plan: _Plan, result: RunResult, rerun: bool, out: SweepOutcome) -> None
 def _finish(plan: _Plan, status: str, out: SweepOutcome) -> None:
     """The parent's summary.csv, figures and verdict counts (if the sweep finished), its status."""
     t = time.perf_counter()
+    for run_id in plan.claims.values():  # claimed, never trained: interrupted or failed
+        plan.tracker.client.set_terminated(run_id, "KILLED")
+    plan.claims.clear()
     if status == "FINISHED":
         out.table = plan.tracker.table(plan.experiment_id, plan.keys)
         files = _comparison_figures(plan.tracker, out.table, plan.losses)

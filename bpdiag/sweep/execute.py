@@ -4,7 +4,9 @@ picklable, so a Dask worker anywhere can run it without reaching the tracking st
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -97,9 +99,12 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
         return RunResult(cfg, "FAILED", error=traceback.format_exc(), timings=times, worker=worker)
 
 
-def warm_up() -> str:
+def warm_up(own_cluster: bool = False) -> str:
     """Import the heavy modules and load (on a fresh machine: compile) every kernel, with BLAS
     single-threaded: one worker process per core. Returns the worker's name.
+
+    ``own_cluster``: the worker belongs to the sweep's LocalCluster and shares its terminal, so
+    it ignores Ctrl-C (SIGINT); the sweep, which gets it too, stops it cleanly instead.
 
     Workers on one machine share Numba's on-disk cache: the first to find it empty compiles
     the kernels in a child process while the others wait, and all then load the cache
@@ -108,6 +113,8 @@ def warm_up() -> str:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    if own_cluster and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     import bpdiag.diagnostics.figures  # noqa: F401  (matplotlib), in parallel with other workers
 
     _dataset("spirals", 32, 0)

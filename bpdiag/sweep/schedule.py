@@ -100,7 +100,7 @@ def _ready(scheduler: str | None, workers: int | None) -> Workers:
         t = time.perf_counter()
         if not client.scheduler_info()["workers"]:
             client.wait_for_workers(1, timeout=60)
-        count = len(client.run(warm_up))
+        count = len(client.run(warm_up, cluster is not None))
     except BaseException:
         Workers(client, cluster, 0, 0.0).close()
         raise

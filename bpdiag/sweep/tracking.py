@@ -10,6 +10,15 @@ What is written is declared in ``bpdiag.schema``:
 
 A child is marked FINISHED only after everything above is written, so a FINISHED child is
 complete; resume skips exactly those run_keys.
+
+Sweeps that share a store (two at once, or one after a killed one) agree through it alone:
+- a sweep *claims* each run it will train by creating its child, RUNNING, before training;
+  among live claims of one run_key the oldest (start time, then run ID) trains it (``owners``);
+- a parent is *live* while its driver runs: on the driver's host, while that process exists;
+  elsewhere, while its heartbeat (renewed every ``LEASE_S``/6) is younger than ``LEASE_S``;
+  a dead sweep's parent and its unfinished children become KILLED (``reap``);
+- after a child finishes, the other FINISHED children of its run_key are deleted, the newest
+  kept (``keep_newest``): one FINISHED child per run_key even if two sweeps raced.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +48,7 @@ from bpdiag.sweep.config import RUN_FIELDS
 from bpdiag.sweep.execute import RunResult
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+LEASE_S = 60.0  # a parent whose heartbeat is older than this, on another host, is dead
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -105,12 +116,9 @@ class Tracker:
             filt += f" and attributes.status = '{status}'"
         return self.runs(experiment_id, filt)
 
-    def finished_keys(self, experiment_id: str) -> dict[str, str]:
-        """run_key → run_id of every FINISHED child."""
-        return {
-            r.data.tags[Tag.RUN_KEY]: r.info.run_id
-            for r in self.children(experiment_id, "FINISHED")
-        }
+    def finished_keys(self, experiment_id: str) -> set[str]:
+        """The run_keys with a FINISHED child."""
+        return {r.data.tags.get(Tag.RUN_KEY) for r in self.children(experiment_id, "FINISHED")}
 
     # ------------------------------------------------------------ writing
 
@@ -121,23 +129,79 @@ class Tracker:
         finally:
             self.log_seconds += time.perf_counter() - start
 
-    def mark_stale(self, experiment_id: str, run_keys: set[str]) -> int:
-        """Children of these run_keys left RUNNING by a killed sweep become KILLED."""
-        stale = [
-            r
-            for r in self.children(experiment_id, "RUNNING")
-            if r.data.tags.get(Tag.RUN_KEY) in run_keys
-        ]
-        for r in stale:
-            self.client.set_terminated(r.info.run_id, "KILLED")
-        return len(stale)
+    def live_parents(self, experiment_id: str, lease: float = LEASE_S) -> tuple[set, list]:
+        """(run IDs of the RUNNING parents whose sweep is alive, the RUNNING ones that are not)."""
+        now, host = time.time(), socket.gethostname()
+        live, dead = set(), []
+        for run in self.runs(experiment_id,
+                             f"tags.`{Tag.ROLE}` = 'sweep' and attributes.status = 'RUNNING'"):  # fmt: skip
+            tags = run.data.tags
+            where, _, pid = tags.get(Tag.DRIVER, "").rpartition(":")
+            if where == host and pid.isdigit():
+                alive = _process_exists(int(pid))
+            else:
+                beat = _float(tags.get(Tag.HEARTBEAT), run.info.start_time / 1000)
+                alive = now - beat < lease
+            (live.add(run.info.run_id) if alive else dead.append(run))
+        return live, dead
+
+    def reap(self, experiment_id: str, lease: float = LEASE_S) -> set[str]:
+        """Dead sweeps' parents, and every RUNNING child whose parent is not live, become
+        KILLED. Returns the live parents."""
+        live, dead = self.live_parents(experiment_id, lease)
+        for run in dead:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        for run in self.children(experiment_id, "RUNNING"):
+            if run.data.tags.get(Tag.PARENT) not in live:
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        return live
+
+    def heartbeat(self, parent_id: str) -> None:
+        self.client.set_tag(parent_id, Tag.HEARTBEAT, f"{time.time():.3f}")
+
+    def claim(self, experiment_id: str, parent_id: str, sweep: str,
+              configs: list) -> dict[str, str]:  # fmt: skip
+        """A RUNNING child per config, with its params and tags: run_key → run_id."""
+        from mlflow.entities import Param
+
+        out = {}
+        for cfg in configs:
+            tags = {Tag.PARENT: parent_id, Tag.RUN_KEY: cfg.run_key, Tag.SWEEP: sweep,
+                    Tag.ROLE: "run", Tag.VERSION: _version()}  # fmt: skip
+            run_id = self._timed(self.client.create_run, experiment_id, tags=tags,
+                                 run_name=cfg.name).info.run_id  # fmt: skip
+            self._timed(self.client.log_batch, run_id,
+                        params=[Param(k, str(getattr(cfg, k))) for k in RUN_FIELDS])  # fmt: skip
+            out[cfg.run_key] = run_id
+        return out
+
+    def owners(self, experiment_id: str, live: set[str]) -> dict[str, str]:
+        """run_key → run_id of the claim that trains it: the oldest RUNNING child of a live
+        parent (start time, then run ID)."""
+        best: dict[str, tuple] = {}
+        for run in self.children(experiment_id, "RUNNING"):
+            key = run.data.tags.get(Tag.RUN_KEY)
+            if run.data.tags.get(Tag.PARENT) in live and key:
+                rank = (run.info.start_time, run.info.run_id)
+                best[key] = min(best.get(key, rank), rank)
+        return {key: rank[1] for key, rank in best.items()}
+
+    def keep_newest(self, experiment_id: str, run_key: str) -> None:
+        """Delete all FINISHED children of ``run_key`` but the newest (start time, run ID)."""
+        runs = self.runs(experiment_id, f"tags.`{Tag.ROLE}` = 'run' and attributes.status = "
+                                        f"'FINISHED' and tags.`{Tag.RUN_KEY}` = '{run_key}'")  # fmt: skip
+        ranked = sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+        for run in ranked[:-1]:
+            self._timed(self.client.delete_run, run.info.run_id)
 
     def start_parent(
         self, experiment_id: str, spec, spec_text: str, n_runs: int, n_skipped: int
     ) -> str:
         from mlflow.entities import Param
 
-        tags = {Tag.SWEEP: spec.name, Tag.VERSION: _version(), Tag.ROLE: "sweep"}
+        tags = {Tag.SWEEP: spec.name, Tag.VERSION: _version(), Tag.ROLE: "sweep",
+                Tag.DRIVER: f"{socket.gethostname()}:{os.getpid()}",
+                Tag.HEARTBEAT: f"{time.time():.3f}"}  # fmt: skip
         run = self.client.create_run(experiment_id, tags=tags,
                                      run_name=f"sweep {spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")  # fmt: skip
         params = {"sweep": spec.name, "method": spec.method, "runs": n_runs, "skipped": n_skipped,
@@ -147,28 +211,25 @@ class Tracker:
         self._timed(self.client.log_text, run.info.run_id, spec_text, "sweep.yaml")
         return run.info.run_id
 
-    def log_child(self, experiment_id: str, parent_id: str, sweep: str, result: RunResult) -> str:
-        """Write one run's params, tags, metrics and artifacts; then mark it FINISHED/FAILED."""
-        return self._timed(self._log_child, experiment_id, parent_id, sweep, result)
+    def log_child(self, run_id: str, result: RunResult) -> None:
+        """Write one run's result into its claimed child (``claim``): tags, metrics, artifacts;
+        then mark it FINISHED/FAILED."""
+        self._timed(self._log_child, run_id, result)
 
-    def _log_child(self, experiment_id: str, parent_id: str, sweep: str, result: RunResult) -> str:
-        from mlflow.entities import Param, RunTag
+    def _log_child(self, run_id: str, result: RunResult) -> None:
+        from mlflow.entities import RunTag
 
         cfg = result.config
-        tags = {Tag.PARENT: parent_id, Tag.RUN_KEY: cfg.run_key, Tag.SWEEP: sweep, Tag.ROLE: "run",
-                Tag.VERSION: _version(), Tag.WORKER: result.worker}  # fmt: skip
+        tags = {Tag.WORKER: result.worker}
         if result.blas:
             tags[Tag.BLAS] = result.blas
         if result.label:
             tags[Tag.DIAGNOSIS] = result.label
             tags[Tag.REASON] = result.reason[:5000]
-        run_id = self.client.create_run(experiment_id, tags=tags, run_name=cfg.name).info.run_id
-        params = [Param(k, str(getattr(cfg, k))) for k in RUN_FIELDS]
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items() if v])
         metrics = self.metrics(result)
-        for i in range(0, max(len(metrics), 1), 1000):
-            self.client.log_batch(
-                run_id, metrics=metrics[i : i + 1000], params=params if i == 0 else ()
-            )
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
@@ -191,7 +252,6 @@ class Tracker:
                 )
             self.client.log_artifacts(run_id, tmp)
         self.client.set_terminated(run_id, result.status)
-        return run_id
 
     @staticmethod
     def metrics(result: RunResult) -> list:
@@ -277,8 +337,10 @@ class Tracker:
             }
             row.update(_config_of(run.data.params))
             row.update({k: v for k, v in run.data.metrics.items() if k in SUMMARY_NAMES})
-            rows.append(row)
-        return pd.DataFrame(rows)
+            rows.append((run.info.start_time, run.info.run_id, row))
+        rows.sort(key=lambda t: t[:2])  # a run_key FINISHED twice (an older bpdiag's race):
+        newest = {row["run_key"]: row for _, _, row in rows}  # the newest child counts, once
+        return pd.DataFrame(list(newest.values()))
 
     def loss_history(self, run_id: str) -> pd.DataFrame:
         hist = self.client.get_metric_history(run_id, "loss")
@@ -297,3 +359,20 @@ def _config_of(params: dict[str, str]) -> dict[str, object]:
         return RunConfig(**{k: None if v == "None" else v for k, v in params.items()}).model_dump()
     except ValidationError:
         return dict(params)
+
+
+def _float(text: str | None, default: float) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return default
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
