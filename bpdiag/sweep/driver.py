@@ -80,18 +80,19 @@ def run_sweep(
     pending = schedule.start(scheduler, workers)
     try:
         source = Path(spec_path).read_text(encoding="utf-8-sig")  # load_spec read it as UTF-8
-        plan = _open(Tracker(tracking_uri), spec, runs, source, rerun, lease, out)
+        plan, wanted = _open(Tracker(tracking_uri), spec, runs, source, rerun, lease, out)
     except BaseException:
-        schedule.close_when_up(pending)
+        pending.abort()
         raise
-    out.waiting = len(plan.waiting)
-    if on_start:
-        on_start(out, len(plan.todo) + len(plan.waiting))
-    import bpdiag.sweep.figures  # noqa: F401  (matplotlib, for the parent's figures) while workers warm
-
-    status, results, closing = "FAILED", [], None
+    status, results, pool, closing = "FAILED", [], None, None
     beat = _Heartbeat(plan.tracker, plan.parent, lease)
     try:
+        _claim(plan, wanted, rerun, lease, out)
+        out.waiting = len(plan.waiting)
+        if on_start:
+            on_start(out, len(plan.todo) + len(plan.waiting))
+        import bpdiag.sweep.figures  # noqa: F401  (matplotlib, for the parent's figures) meanwhile
+
         pool = pending.result()
         try:
             out.timings.update(workers=pool.count, warm_s=pool.warm_seconds,
@@ -114,6 +115,8 @@ def run_sweep(
         raise
     finally:
         beat.stop()
+        if pool is None:
+            pending.abort()
         _finish(plan, status, out)
         if closing is not None:
             wait([closing])
@@ -147,9 +150,8 @@ class _Heartbeat:
 
 
 def _open(tracker: Tracker, spec: SweepSpec, runs: list[RunConfig], spec_text: str, rerun: bool,
-          lease: float, out: SweepOutcome) -> _Plan:  # fmt: skip
-    """The experiment, dead sweeps' leftovers marked KILLED, a new parent run, and a claim on
-    every run to do (``tracking``): the runs this sweep trains and those it waits for."""
+          lease: float, out: SweepOutcome) -> tuple[_Plan, list[RunConfig]]:  # fmt: skip
+    """The experiment, dead sweeps' leftovers marked KILLED, a new parent run; the runs to do."""
     exp_id = tracker.experiment_id(spec.experiment_name)
     out.experiment_id, out.url = exp_id, ui_url(exp_id)
     tracker.reap(exp_id, lease)
@@ -158,11 +160,16 @@ def _open(tracker: Tracker, spec: SweepSpec, runs: list[RunConfig], spec_text: s
     out.skipped = len(runs) - len(wanted)
     parent = tracker.start_parent(exp_id, spec, spec_text, len(runs), out.skipped)
     out.parent_run_id = parent
-    plan = _Plan(tracker, exp_id, parent, {cfg.run_key for cfg in runs}, [], [])
-    plan.claims = tracker.claim(exp_id, parent, spec.name, wanted)
+    return _Plan(tracker, exp_id, parent, {cfg.run_key for cfg in runs}, [], []), wanted
+
+
+def _claim(plan: _Plan, wanted: list[RunConfig], rerun: bool, lease: float,
+           out: SweepOutcome) -> None:  # fmt: skip
+    """A claim on every run to do (``tracking``): the runs this sweep trains, those it waits
+    for."""
+    plan.tracker.claim(plan.experiment_id, plan.parent, out.spec.name, wanted, plan.claims)
     time.sleep(CLAIM_SETTLE_S)  # claims stamped before ours are committed by now
     _divide(plan, wanted, rerun, lease, out)
-    return plan
 
 
 def _divide(plan: _Plan, wanted: list[RunConfig], rerun: bool, lease: float,
@@ -201,8 +208,9 @@ def _take_over(plan: _Plan, lease: float, out: SweepOutcome) -> list[RunConfig]:
 def _log(plan: _Plan, result: RunResult, rerun: bool, out: SweepOutcome) -> None:
     """One result into its claimed child; then one FINISHED child per run_key (the newest)."""
     key = result.run_key
-    run_id = plan.claims.pop(key)
+    run_id = plan.claims[key]
     plan.tracker.log_child(run_id, result)
+    del plan.claims[key]  # only now: a child cut off while logged is KILLED at the end
     if result.steps is not None:
         plan.losses[run_id] = result.steps[["step", "loss"]]
     if result.status == "FINISHED":

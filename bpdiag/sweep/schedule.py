@@ -9,6 +9,7 @@ MLflow store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -57,13 +58,34 @@ class Workers:
             yield result
 
 
-def start(scheduler: str | None, workers: int | None) -> Future[Workers]:
-    """Start and warm the workers in a background thread (the store opens meanwhile)."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(_ready, scheduler, workers)
-    finally:
-        pool.shutdown(wait=False)
+class Startup:
+    """Workers being started and warmed in a background thread (the store opens meanwhile)."""
+
+    def __init__(self, scheduler: str | None, workers: int | None) -> None:
+        self._parts: list[object] = []  # the client and cluster, as soon as they exist
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
+            self.future = pool.submit(_ready, scheduler, workers, self._parts)
+        finally:
+            pool.shutdown(wait=False)
+
+    def result(self) -> Workers:
+        return self.future.result()
+
+    def abort(self) -> None:
+        """Close what has been started, without waiting for the warm-up (an interrupted sweep
+        on a fresh machine would otherwise wait out the compile)."""
+        if self.future.done() and self.future.exception() is None:
+            self.future.result().close()
+            return
+        for part in reversed(list(self._parts)):  # the cluster, then the client
+            with contextlib.suppress(Exception):
+                part.close()
+
+
+def start(scheduler: str | None, workers: int | None) -> Startup:
+    """Start and warm the workers in a background thread."""
+    return Startup(scheduler, workers)
 
 
 def start_closing(workers: Workers) -> Future[None]:
@@ -75,15 +97,7 @@ def start_closing(workers: Workers) -> Future[None]:
         pool.shutdown(wait=False)
 
 
-def close_when_up(pending: Future[Workers]) -> None:
-    """Close workers still being started, once they are up (if they came up)."""
-    try:
-        pending.result().close()
-    except Exception:
-        pass
-
-
-def _ready(scheduler: str | None, workers: int | None) -> Workers:
+def _ready(scheduler: str | None, workers: int | None, parts: list[object]) -> Workers:
     import logging
 
     from distributed import Client, LocalCluster
@@ -95,7 +109,9 @@ def _ready(scheduler: str | None, workers: int | None) -> Workers:
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
                                processes=True, dashboard_address="127.0.0.1:0",
                                silence_logs=logging.ERROR)  # fmt: skip
+        parts.append(cluster)
         client = Client(cluster)
+    parts.insert(0, client)
     try:
         t = time.perf_counter()
         if not client.scheduler_info()["workers"]:

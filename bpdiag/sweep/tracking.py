@@ -159,20 +159,21 @@ class Tracker:
     def heartbeat(self, parent_id: str) -> None:
         self.client.set_tag(parent_id, Tag.HEARTBEAT, f"{time.time():.3f}")
 
-    def claim(self, experiment_id: str, parent_id: str, sweep: str,
-              configs: list) -> dict[str, str]:  # fmt: skip
-        """A RUNNING child per config, with its params and tags: run_key → run_id."""
+    def claim(self, experiment_id: str, parent_id: str, sweep: str, configs: list,
+              out: dict[str, str] | None = None) -> dict[str, str]:  # fmt: skip
+        """A RUNNING child per config, with its params and tags: run_key → run_id, into
+        ``out`` as each is made (so that a caller interrupted midway knows its claims)."""
         from mlflow.entities import Param
 
-        out = {}
+        out = {} if out is None else out
         for cfg in configs:
             tags = {Tag.PARENT: parent_id, Tag.RUN_KEY: cfg.run_key, Tag.SWEEP: sweep,
                     Tag.ROLE: "run", Tag.VERSION: _version()}  # fmt: skip
             run_id = self._timed(self.client.create_run, experiment_id, tags=tags,
                                  run_name=cfg.name).info.run_id  # fmt: skip
+            out[cfg.run_key] = run_id
             self._timed(self.client.log_batch, run_id,
                         params=[Param(k, str(getattr(cfg, k))) for k in RUN_FIELDS])  # fmt: skip
-            out[cfg.run_key] = run_id
         return out
 
     def owners(self, experiment_id: str, live: set[str]) -> dict[str, str]:

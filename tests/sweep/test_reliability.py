@@ -1,0 +1,135 @@
+"""Sweeps under concurrency, signals and failures, with real processes on a real SQLite store:
+two sweeps of one spec at once train each run once; a dead sweep's leftovers are reaped; SIGTERM
+cleans up like Ctrl-C; failed runs give exit status 1 with a tally."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bpdiag.cli import main
+from bpdiag.schema import Tag
+from bpdiag.sweep import run_sweep
+from bpdiag.sweep.config import load_spec
+from bpdiag.sweep.tracking import Tracker
+
+BPDIAG = str(Path(sys.executable).parent / "bpdiag")
+
+
+def _spec(tmp_path, name, text) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\n{text}")
+    return path
+
+
+def _roles(tracker, exp, role, status=None):
+    filt = f"tags.`{Tag.ROLE}` = '{role}'" + (
+        f" and attributes.status = '{status}'" if status else ""
+    )
+    return tracker.runs(exp, filt)
+
+
+def test_two_sweeps_of_one_spec_at_once_train_each_run_once(tmp_path):
+    spec = _spec(tmp_path, "twice", "seeds: [0, 1, 2]\nbase: {n_samples: 100, width: 8, steps: 60}\n"
+                 "parameters:\n  depth: {values: [3, 5]}\n  activation: {values: [tanh, relu]}\n")  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("bpdiag-twice")  # the store exists: this is about the runs
+    procs = [subprocess.Popen([BPDIAG, "sweep", str(spec), "--tracking-uri", uri, "--workers", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    n_runs = len(load_spec(spec)[1])
+    finished = tracker.children(exp, "FINISHED")
+    keys = [r.data.tags[Tag.RUN_KEY] for r in finished]
+    assert len(keys) == n_runs == len(set(keys))  # one FINISHED child per run_key
+    assert not tracker.children(exp, "RUNNING") and not tracker.children(exp, "KILLED")
+    assert len(_roles(tracker, exp, "sweep", "FINISHED")) == 2
+    # both parents' summaries count every run once
+    for parent in _roles(tracker, exp, "sweep"):
+        csv = tracker.client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path))
+        assert sorted(Path(csv).read_text().splitlines()[1:]).__len__() == n_runs
+
+
+def test_a_dead_sweeps_parent_and_claims_are_reaped_and_its_runs_trained(tmp_path):
+    """A sweep on another host that stopped beating: past the lease its parent and unfinished
+    children become KILLED, and the next sweep trains what it had claimed."""
+    spec = _spec(tmp_path, "dead", "base: {n_samples: 100, width: 4, depth: 2, steps: 5}\n"
+                 "parameters:\n  activation: {values: [tanh, relu]}\n")  # fmt: skip
+    parsed, runs = load_spec(spec)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id(parsed.experiment_name)
+    ghost = tracker.start_parent(exp, parsed, spec.read_text(), len(runs), 0)
+    tracker.client.set_tag(ghost, Tag.DRIVER, "elsewhere.example:4242")
+    tracker.client.set_tag(ghost, Tag.HEARTBEAT, f"{time.time() - 120:.3f}")
+    claimed = tracker.claim(exp, ghost, parsed.name, runs)
+    outcome = run_sweep(spec, tracking_uri=uri, workers=1, lease=60.0)
+    assert outcome.finished == len(runs) and outcome.failed == 0
+    assert tracker.client.get_run(ghost).info.status == "KILLED"
+    assert {tracker.client.get_run(r).info.status for r in claimed.values()} == {"KILLED"}
+    assert len(tracker.children(exp, "FINISHED")) == len(runs)
+
+
+def test_a_live_sweeps_runs_are_waited_for(tmp_path):
+    """Runs a live sweep (fresh heartbeat) has claimed are left to it: this sweep trains the
+    rest, then waits; here the other sweep dies, its lease runs out and this one takes over."""
+    spec = _spec(tmp_path, "wait", "base: {n_samples: 100, width: 4, depth: 2, steps: 5}\n"
+                 "parameters:\n  activation: {values: [tanh, relu, sigmoid]}\n")  # fmt: skip
+    parsed, runs = load_spec(spec)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id(parsed.experiment_name)
+    other = tracker.start_parent(exp, parsed, spec.read_text(), len(runs), 0)
+    tracker.client.set_tag(other, Tag.DRIVER, "elsewhere.example:4242")
+    tracker.claim(exp, other, parsed.name, runs[:1])
+    seen = []
+    outcome = run_sweep(spec, tracking_uri=uri, workers=1, lease=8.0,
+                        on_start=lambda out, n: seen.append(out.waiting))  # fmt: skip
+    assert seen == [1] and outcome.finished == len(runs)
+    assert tracker.client.get_run(other).info.status == "KILLED"
+    keys = [r.data.tags[Tag.RUN_KEY] for r in tracker.children(exp, "FINISHED")]
+    assert sorted(keys) == sorted(c.run_key for c in runs)
+
+
+def test_sigterm_stops_the_sweep_cleanly(tmp_path):
+    spec = _spec(tmp_path, "term", "seeds: [0, 1, 2, 3]\nbase: {n_samples: 200, width: 16, "
+                 "steps: 400}\nparameters:\n  depth: {values: [4, 8]}\n")  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = subprocess.Popen([BPDIAG, "sweep", str(spec), "--tracking-uri", uri, "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    tracker, exp = Tracker(uri), None
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            exp = exp or tracker.experiment_id("bpdiag-term", create=False)
+            if exp and tracker.children(exp, "FINISHED"):
+                break
+        except Exception:  # the store is being created
+            pass
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)  # the driver alone, as `timeout` or a scheduler sends it
+    t = time.time()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and time.time() - t < 30
+    assert "Traceback" not in err and err.strip().startswith("error: interrupted"), err
+    assert not tracker.children(exp, "RUNNING")
+    assert {r.info.status for r in _roles(tracker, exp, "sweep")} == {"KILLED"}
+    resumed = run_sweep(spec, tracking_uri=uri, workers=2)  # and it resumes
+    assert resumed.skipped >= 1 and resumed.failed == 0
+
+
+def test_failed_runs_exit_with_status_1_and_a_tally(tmp_path):
+    # 8 blobs leave 2 test rows for 4 classes: the split fails in the worker, for every run
+    spec = _spec(tmp_path, "fail", "base: {dataset: blobs, n_samples: 8, width: 4, depth: 2, "
+                 "steps: 5}\nparameters:\n  activation: {values: [tanh, relu]}\n")  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--workers", "1", "--tracking-uri", uri])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "2 of 2 runs failed" in text and "2× ValueError: The test_size = 2" in text
