@@ -238,8 +238,10 @@ def _counts_by_axis(console, table, axes: list[str]) -> None:
               help="allow runs estimated above the spec's max_run_gib")  # fmt: skip
 @click.option("--lease", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="seconds without a heartbeat after which another host's sweep is dead")  # fmt: skip
+@click.option("--store-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="seconds to wait for the store's first answer")  # fmt: skip
 def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_runs,
-          max_run_gib, lease) -> None:  # fmt: skip
+          max_run_gib, lease, store_timeout) -> None:  # fmt: skip
     """Run the sweep in SPEC (a sweeps/*.yaml file) on Dask and log it to MLflow.
 
     Exit status: 0 when every run finished, 1 when some failed (or the store or cluster
@@ -280,6 +282,11 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
         console.print(table)
         return
     from bpdiag.sweep import run_sweep
+    from bpdiag.sweep.tracking import StoreError
+
+    # an MLflow server that stops answering mid-sweep: a failure within a minute, not ten
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
@@ -309,7 +316,7 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
         with _signals_as_interrupts():
             outcome = run_sweep(spec, tracking_uri, scheduler, workers, rerun, on_start,
                                 on_result, max_runs=max_runs, max_run_gib=max_run_gib,
-                                lease=lease)  # fmt: skip
+                                lease=lease, store_timeout=store_timeout)  # fmt: skip
     except SpecError as err:
         _fail(str(err))
     except KeyboardInterrupt as err:
@@ -317,6 +324,9 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
         code = 128 + getattr(err, "signum", signal.SIGINT)
         _fail("interrupted: finished runs are in the store; run the same command again to "
               "resume", code)  # fmt: skip
+    except StoreError as err:
+        bar.stop()
+        _fail(str(err), 1)
     except Exception as err:  # store or cluster unreachable, ...: one line, not a traceback
         bar.stop()
         _fail(f"{type(err).__name__}: {err}", 1)

@@ -16,7 +16,7 @@ import pandas as pd
 from bpdiag.sweep import schedule
 from bpdiag.sweep.config import RunConfig, SweepSpec, load_spec
 from bpdiag.sweep.execute import RunResult
-from bpdiag.sweep.tracking import LEASE_S, Tracker, ui_url
+from bpdiag.sweep.tracking import LEASE_S, STORE_TIMEOUT_S, Tracker, ui_url
 
 CLAIM_SETTLE_S = 1.0  # between claiming and comparing claims: other sweeps' claims land
 WAIT_POLL_S = 2.0  # how often a sweep looks at runs another sweep is training
@@ -63,6 +63,7 @@ def run_sweep(
     max_runs: int | None = None,
     max_run_gib: float | None = None,
     lease: float = LEASE_S,
+    store_timeout: float = STORE_TIMEOUT_S,
 ) -> SweepOutcome:
     """Run (or resume) the sweep in ``spec_path``.
 
@@ -72,7 +73,8 @@ def run_sweep(
     taken over if it dies (``tracking``: ``lease`` seconds without a heartbeat, or at once on
     its own host). Raises ``SpecError`` for an invalid spec before anything is written.
     ``on_start(outcome, n_todo)`` and ``on_result(result)`` let the CLI show progress;
-    ``max_runs``/``max_run_gib`` raise the spec's bounds (``load_spec``).
+    ``max_runs``/``max_run_gib`` raise the spec's bounds (``load_spec``). A store that cannot
+    be used raises ``StoreError`` within about ``store_timeout`` seconds (``Tracker.probe``).
     """
     t_start = time.perf_counter()
     spec, runs = load_spec(spec_path, max_runs, max_run_gib)
@@ -80,7 +82,9 @@ def run_sweep(
     pending = schedule.start(scheduler, workers)
     try:
         source = Path(spec_path).read_text(encoding="utf-8-sig")  # load_spec read it as UTF-8
-        plan, wanted = _open(Tracker(tracking_uri), spec, runs, source, rerun, lease, out)
+        tracker = Tracker(tracking_uri)
+        tracker.probe(store_timeout)
+        plan, wanted = _open(tracker, spec, runs, source, rerun, lease, out)
     except BaseException:
         pending.abort()
         raise
@@ -154,6 +158,7 @@ def _open(tracker: Tracker, spec: SweepSpec, runs: list[RunConfig], spec_text: s
     """The experiment, dead sweeps' leftovers marked KILLED, a new parent run; the runs to do."""
     exp_id = tracker.experiment_id(spec.experiment_name)
     out.experiment_id, out.url = exp_id, ui_url(exp_id)
+    tracker.check_artifacts(exp_id)
     tracker.reap(exp_id, lease)
     finished = tracker.finished_keys(exp_id)
     wanted = [cfg for cfg in runs if rerun or cfg.run_key not in finished]

@@ -23,6 +23,7 @@ Sweeps that share a store (two at once, or one after a killed one) agree through
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -48,6 +49,13 @@ from bpdiag.sweep.config import RUN_FIELDS
 from bpdiag.sweep.execute import RunResult
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+STORE_TIMEOUT_S = 10.0  # for the first answer of a store
+
+
+class StoreError(RuntimeError):
+    """The tracking store cannot be used; the message names it and why."""
+
+
 LEASE_S = 60.0  # a parent whose heartbeat is older than this, on another host, is dead
 
 
@@ -78,13 +86,68 @@ class Tracker:
     def __init__(self, uri: str | None = None) -> None:
         import logging
 
-        from mlflow import MlflowClient
-
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.uri = tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.log_seconds = 0.0  # time spent writing, for --timings
+
+    @functools.cached_property
+    def client(self):
+        """The MlflowClient, made on first use (making one creates a SQLite store and its
+        folder: ``probe`` looks first)."""
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    # ------------------------------------------------------------ reaching the store
+
+    def probe(self, timeout: float = STORE_TIMEOUT_S) -> None:
+        """Fail fast, naming the store, where it cannot be used: a SQLite file in a missing or
+        read-only folder, a read-only database file, an HTTP server that refuses or does not
+        answer within ``timeout`` seconds. Also creates (migrates) a new SQLite store under a
+        lock beside it, so two sweeps starting at once on a new store do not both migrate it.
+        Raises ``StoreError``."""
+        scheme = self.uri.split(":", 1)[0].lower()
+        if scheme.startswith("sqlite"):
+            self._probe_sqlite()
+        elif scheme in ("http", "https"):
+            _probe_http(self.uri, timeout)
+        else:
+            _within(timeout, self.uri, lambda: self.client.search_experiments(max_results=1))
+
+    def _probe_sqlite(self) -> None:
+        import fcntl
+
+        path = sqlite_path(self.uri)
+        if path is None:  # in memory
+            return
+        folder = path.parent
+        if not folder.is_dir():
+            raise StoreError(f"store {self.uri}: the folder {folder} does not exist")
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(f"store {self.uri}: cannot write the database file {path}")
+        if not os.access(folder, os.W_OK | os.X_OK):  # SQLite writes its journal beside it
+            raise StoreError(f"store {self.uri}: cannot write in the folder {folder}")
+        with open(f"{path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process creates or migrates the schema
+            try:
+                self.client.search_experiments(max_results=1)
+            except Exception as err:
+                raise StoreError(f"store {self.uri}: {_last_line(err)}") from None
+
+    def check_artifacts(self, experiment_id: str) -> None:
+        """Fail fast where the experiment's artifacts go to a local folder that cannot be
+        written (``StoreError``)."""
+        location = self.client.get_experiment(experiment_id).artifact_location
+        folder = _local_path(location)
+        if folder is None:
+            return
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise StoreError(f"artifacts of store {self.uri}: cannot write in {existing} "
+                             f"(the experiment's artifact location is {location})")  # fmt: skip
 
     # ------------------------------------------------------------ reading
 
@@ -207,9 +270,13 @@ class Tracker:
                                      run_name=f"sweep {spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")  # fmt: skip
         params = {"sweep": spec.name, "method": spec.method, "runs": n_runs, "skipped": n_skipped,
                   "seeds": ",".join(map(str, spec.seeds)), "description": spec.description[:500]}  # fmt: skip
-        self._timed(self.client.log_batch, run.info.run_id,
-                    params=[Param(k, str(v)) for k, v in params.items()])  # fmt: skip
-        self._timed(self.client.log_text, run.info.run_id, spec_text, "sweep.yaml")
+        try:
+            self._timed(self.client.log_batch, run.info.run_id,
+                        params=[Param(k, str(v)) for k, v in params.items()])  # fmt: skip
+            self._timed(self.client.log_text, run.info.run_id, spec_text, "sweep.yaml")
+        except BaseException:
+            self.client.set_terminated(run.info.run_id, "FAILED")  # not left RUNNING
+            raise
         return run.info.run_id
 
     def log_child(self, run_id: str, result: RunResult) -> None:
@@ -377,3 +444,79 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for an in-memory one)."""
+    from urllib.parse import unquote, urlparse
+
+    path = unquote(urlparse(uri).path)  # "/rel.db" for sqlite:///rel.db, "//abs.db" for ////
+    if not path or ":memory:" in path:
+        return None
+    return Path(path[1:]).absolute()
+
+
+def _local_path(location: str | None) -> Path | None:
+    if not location:
+        return None
+    if location.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(location).path))
+    return Path(location) if "://" not in location else None
+
+
+def _last_line(err: BaseException) -> str:
+    """The cause at the bottom of a chained error, on one line."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _probe_http(uri: str, timeout: float) -> None:
+    """One request to the server's REST API, within ``timeout`` seconds."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read(1)
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise StoreError(f"store {uri}: the server refused access (HTTP {err.code})") from None
+        if err.code >= 500 or err.code == 404:
+            raise StoreError(f"store {uri}: the server answered HTTP {err.code} "
+                             f"({err.reason}); is it an MLflow server?") from None  # fmt: skip
+    except TimeoutError:
+        raise StoreError(f"store {uri}: no answer within {timeout:g} s") from None
+    except urllib.error.URLError as err:
+        reason = err.reason
+        if isinstance(reason, TimeoutError):
+            raise StoreError(f"store {uri}: no answer within {timeout:g} s") from None
+        raise StoreError(f"store {uri}: cannot connect ({reason})") from None
+    except OSError as err:
+        raise StoreError(f"store {uri}: cannot connect ({err})") from None
+
+
+def _within(timeout: float, uri: str, call) -> None:
+    """``call()`` in a daemon thread; a ``StoreError`` if it fails or takes over ``timeout``."""
+    import threading
+
+    box: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            box.append(None)
+        except BaseException as err:  # noqa: BLE001  (reported below)
+            box.append(err)
+
+    thread = threading.Thread(target=run, name="bpdiag-store-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        raise StoreError(f"store {uri}: no answer within {timeout:g} s")
+    if box[0] is not None:
+        raise StoreError(f"store {uri}: {_last_line(box[0])}")
