@@ -145,7 +145,7 @@ class Tracker:
         existing = folder
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
-        if not os.access(existing, os.W_OK | os.X_OK):
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise StoreError(f"artifacts of store {self.uri}: cannot write in {existing} "
                              f"(the experiment's artifact location is {location})")  # fmt: skip
 

@@ -105,3 +105,15 @@ def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
     assert len({out.strip().splitlines()[-1] for out, _ in outs}) == 1  # one experiment
+
+
+def test_artifacts_that_cannot_be_written_fail_before_any_run_is_made(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.client.create_experiment("bpdiag-s", artifact_location=str(blocker / "art"))
+    result, seconds = _sweep(tmp_path, uri)
+    assert result.exit_code == 1 and seconds < 20, result.output
+    assert f"cannot write in {blocker}" in " ".join(result.output.split())
+    assert not tracker.runs(exp)  # no parent left RUNNING, no claims
