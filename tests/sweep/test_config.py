@@ -262,3 +262,69 @@ def test_default_spec_covers_what_make_sweep_must_show():
         False,
         True,
     }
+
+
+# ---------------------------------------------------------------- fuzzing: SpecError or valid
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
+                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+                     st.sampled_from(["tanh", "relu", "norm", "adam", "grid", "random", "batchnorm",
+                                      "inv_sqrt_depth", "spirals", "digits", "1e-3"]))  # fmt: skip
+_KEYS = st.sampled_from(["name", "experiment", "seeds", "base", "parameters", "method", "count",
+                         "values", "min", "max", "depth", "width", "lr", "clip", "clip_value",
+                         "activation", "norm", "residual", "batch_size", "steps", "n_samples",
+                         "dataset", "distribution", "max_runs", "max_run_gib"])  # fmt: skip
+_TREES = st.recursive(_SCALARS, lambda kids: st.one_of(
+    st.lists(kids, max_size=4), st.dictionaries(_KEYS, kids, max_size=5)), max_leaves=25)  # fmt: skip
+
+
+def _mutate(data, draw):
+    """A shipped spec with one value somewhere replaced by a random tree."""
+    if isinstance(data, dict) and data:
+        key = draw(st.sampled_from(sorted(data, key=str)))
+        if draw(st.booleans()):
+            return {**data, key: draw(_TREES)}
+        return {**data, key: _mutate(data[key], draw)}
+    if isinstance(data, list) and data:
+        i = draw(st.integers(0, len(data) - 1))
+        return [*data[:i], _mutate(data[i], draw), *data[i + 1 :]]
+    return draw(_TREES)
+
+
+@st.composite
+def _specs(draw):
+    import yaml
+
+    if draw(st.booleans()):
+        base = yaml.safe_load(draw(st.sampled_from(SHIPPED)).read_text())
+        data = _mutate(base, draw)
+    else:
+        data = draw(st.dictionaries(_KEYS, _TREES, max_size=6))
+    text = yaml.safe_dump(data, allow_unicode=True)
+    if draw(st.booleans()):  # and sometimes bytes that are not YAML, or not text at all
+        cut = draw(st.integers(0, len(text)))
+        text = text[:cut] + draw(st.text(max_size=8)) + text[cut:]
+    return text.encode("utf-8") if draw(st.integers(0, 9)) else draw(st.binary(max_size=64))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(raw=_specs())
+def test_any_file_is_a_valid_spec_or_one_spec_error(tmp_path, raw):
+    """Random YAML and mutations of the shipped specs: load_spec returns runs that validate,
+    or raises SpecError with a one-line message that starts with the file's name; nothing else,
+    and never an unbounded expansion."""
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(raw)
+    try:
+        spec, runs = load_spec(path)
+    except SpecError as err:
+        message = str(err)
+        assert message.startswith(str(path)) and "Traceback" not in message
+        return
+    assert 1 <= len(runs) <= spec.max_runs
+    for cfg in runs[:20]:
+        RunConfig(**cfg.model_dump())
