@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import wait
 from dataclasses import dataclass, field
@@ -214,7 +215,11 @@ def _log(plan: _Plan, result: RunResult, rerun: bool, out: SweepOutcome) -> None
     """One result into its claimed child; then one FINISHED child per run_key (the newest)."""
     key = result.run_key
     run_id = plan.claims[key]
-    plan.tracker.log_child(run_id, result)
+    try:
+        plan.tracker.log_child(run_id, result)
+    except Exception:  # an artifact or metric that cannot be written: this child fails alone
+        result.status, result.error = "FAILED", traceback.format_exc()
+        plan.tracker.fail_child(run_id, result.error)
     del plan.claims[key]  # only now: a child cut off while logged is KILLED at the end
     if result.steps is not None:
         plan.losses[run_id] = result.steps[["step", "loss"]]

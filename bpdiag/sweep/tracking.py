@@ -321,6 +321,16 @@ class Tracker:
             self.client.log_artifacts(run_id, tmp)
         self.client.set_terminated(run_id, result.status)
 
+    def fail_child(self, run_id: str, error: str) -> None:
+        """A child whose result could not be logged: FAILED, the error in its tag (best
+        effort: the store may be what failed)."""
+        from mlflow.entities import RunTag
+
+        try:
+            self.client.log_batch(run_id, tags=[RunTag(Tag.ERROR, error[-4000:])])
+        finally:
+            self.client.set_terminated(run_id, "FAILED")
+
     @staticmethod
     def metrics(result: RunResult) -> list:
         """Step series (at the record cadence), per-layer series (downsampled), the summary and

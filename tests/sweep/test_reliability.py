@@ -133,3 +133,25 @@ def test_failed_runs_exit_with_status_1_and_a_tally(tmp_path):
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())
     assert "2 of 2 runs failed" in text and "2× ValueError: The test_size = 2" in text
+
+
+def test_a_child_whose_artifacts_cannot_be_written_fails_alone(tmp_path):
+    spec = _spec(tmp_path, "art", "base: {n_samples: 100, width: 4, depth: 2, steps: 5}\n"
+                 "parameters:\n  activation: {values: [tanh, relu, sigmoid]}\n")  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracker = Tracker(uri)
+    art = tmp_path / "art"
+    exp = tracker.client.create_experiment("bpdiag-art", artifact_location=str(art))
+    blocked = []
+
+    def block_one(outcome, n_todo):  # a file where one claimed child's artifact folder goes
+        victim = sorted(r.info.run_id for r in tracker.children(exp, "RUNNING"))[0]
+        art.mkdir(exist_ok=True)
+        (art / victim).write_text("in the way")
+        blocked.append(victim)
+
+    outcome = run_sweep(spec, tracking_uri=uri, workers=1, on_start=block_one)
+    assert outcome.failed == 1 and outcome.finished == 2
+    victim = tracker.client.get_run(blocked[0])
+    assert victim.info.status == "FAILED" and "Traceback" in victim.data.tags[Tag.ERROR]
+    assert tracker.client.get_run(outcome.parent_run_id).info.status == "FINISHED"
