@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from bpdiag.sweep.config import RunConfig
 from bpdiag.sweep.execute import RunResult, execute, warm_up
 
+WARM_ATTEMPTS = 3  # rounds of warm-up for workers that die or fail while warming
+WARM_REJOIN_S = 30  # how long to wait for their nannies to start them again
+NANNY_POLLS = 8  # reads of a dead worker's nanny's log, 0.25 s apart, for how it died
+
 
 def scheduler_address(scheduler: str | None) -> str | None:
     return scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
@@ -53,7 +57,10 @@ class Workers:
             try:
                 result = future.result()
             except Exception as err:
-                result = RunResult(cfg, "FAILED", error=f"{type(err).__name__}: {err}")
+                error = f"{type(err).__name__}: {err}"
+                cause = death_cause(self.client, err)
+                # the cause last: the CLI's failure tally shows each error's last line
+                result = RunResult(cfg, "FAILED", error=f"{error}\n{cause}" if cause else error)
             future.release()
             yield result
 
@@ -116,11 +123,77 @@ def _ready(scheduler: str | None, workers: int | None, parts: list[object]) -> W
         t = time.perf_counter()
         if not client.scheduler_info()["workers"]:
             client.wait_for_workers(1, timeout=60)
-        count = len(client.run(warm_up, cluster is not None))
+        count = _warm(client, cluster is not None)
     except BaseException:
         Workers(client, cluster, 0, 0.0).close()
         raise
     return Workers(client, cluster, count, time.perf_counter() - t)
+
+
+def _warm(client, own_cluster: bool) -> int:
+    """Run ``warm_up`` on every worker; returns how many are warm. A worker that dies or fails
+    while warming is tried again, as a task would be (its nanny starts a new one), up to
+    ``WARM_ATTEMPTS`` rounds; the sweep fails only if no worker could be warmed. (A worker that
+    joins later warms itself: ``bpdiag.compiled.ready`` runs before any kernel.)"""
+    warm: set[str] = set()
+    errors: dict[str, BaseException] = {}
+    for _ in range(WARM_ATTEMPTS):
+        # with no worker warm yet, wait for the nannies to restart the ones that died
+        rejoin = WARM_REJOIN_S if errors and not warm else 0
+        cold = _workers_other_than(client, warm | set(errors), rejoin)
+        if not cold:
+            break
+        done = client.run(warm_up, own_cluster, workers=cold, on_error="return")
+        failed = {w: v for w, v in done.items() if isinstance(v, BaseException)}
+        warm.update(w for w in done if w not in failed)
+        errors.update(failed)
+        if not failed:
+            break
+    if not warm:
+        worker, error = next(iter(errors.items()), ("", RuntimeError("no worker joined")))
+        raise RuntimeError(f"no Dask worker could be warmed up ({len(errors)} failed; "
+                           f"{worker}: {type(error).__name__}: {error})")  # fmt: skip
+    return len(warm)
+
+
+def _workers_other_than(client, known: set[str], wait_s: float) -> list[str]:
+    """The workers not in ``known``, waiting up to ``wait_s`` seconds for one to join (a nanny
+    restarting a dead worker gives it a new address)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        others = [w for w in client.scheduler_info()["workers"] if w not in known]
+        if others or time.monotonic() >= deadline:
+            return others
+        time.sleep(0.2)
+
+
+async def _nanny_logs(client, nanny: str) -> list:
+    return await client.rpc(nanny).get_logs(n=200)
+
+
+def death_cause(client, error: BaseException) -> str:
+    """Why the worker behind a ``KilledWorker`` died, from what its nanny told the scheduler
+    (a memory-limit restart) or logged (an exit status or a signal); "" if that is unknown."""
+    worker = getattr(error, "last_worker", None)
+    if worker is None:
+        return ""
+    pid, name = getattr(worker, "pid", None), f"worker {worker.address}"
+    try:
+        for _, event in reversed(client.get_events("worker-restart-memory")):
+            if event.get("pid") == pid:
+                limit = getattr(worker, "memory_limit", 0) or 0
+                return (f"{name} (pid {pid}) was restarted by its nanny for memory: "
+                        f"{event['rss'] / 2**30:.2f} GiB used, limit {limit / 2**30:.2f} GiB "
+                        "(a smaller run, or more memory per worker: dask worker --memory-limit)")  # fmt: skip
+        nanny = getattr(worker, "nanny", None)
+        for _ in range(NANNY_POLLS if nanny else 0):  # it logs the death as the scheduler hears
+            for *_, message in client.sync(_nanny_logs, client, nanny):
+                if f"Worker process {pid} " in str(message):
+                    return f"{name}: {str(message).split(' - ')[-1].strip()}"
+            time.sleep(0.25)
+    except Exception:  # noqa: BLE001  (the cause is a courtesy: never fail the sweep over it)
+        return ""
+    return ""
 
 
 def _cost(cfg: RunConfig) -> float:
