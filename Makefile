@@ -9,7 +9,7 @@ SPEC   ?= sweeps/default.yaml
 # disk); elsewhere those tests are skipped instead of fetching a multi-GB build.
 TORCH  := torch==2.13.0
 
-.PHONY: test sweep lint bench ui clean clean-cache
+.PHONY: test test-slow sweep lint bench ui clean clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml
 	  echo "PyTorch is not at hand without an index: its oracle tests will be skipped"
 	touch $@
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  # every module's tests but the slow ones (a few minutes)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)  # real Dask/PostgreSQL/MLflow clusters, a cold compile, the soak (CI runs them)
+	$(BIN)/python -m pytest -q -m slow
 
 sweep: $(STAMP)
 	$(BIN)/bpdiag sweep $(SPEC) $(SWEEP_FLAGS)

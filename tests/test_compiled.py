@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # a cold compile: a minute or more
 
 RUN = """
 import sys, numpy as np

@@ -89,7 +89,8 @@ def run_sweep(
     except BaseException:
         pending.abort()
         raise
-    status, results, pool, closing = "FAILED", [], None, None
+    status, pool, closing = "FAILED", None, None
+    spent = {"train_s": 0.0, "worker_s": 0.0}  # sums only: a result is dropped once logged
     beat = _Heartbeat(plan.tracker, plan.parent, lease)
     try:
         _claim(plan, wanted, rerun, lease, out)
@@ -107,7 +108,8 @@ def run_sweep(
             while todo:
                 for result in pool.results(todo):
                     _log(plan, result, rerun, out)
-                    results.append(result)
+                    spent["train_s"] += result.summary.get("train_seconds", 0.0)
+                    spent["worker_s"] += result.timings.get("total_s", 0.0)
                     if on_result:
                         on_result(result)
                 todo = _take_over(plan, lease, out)
@@ -126,9 +128,7 @@ def run_sweep(
         if closing is not None:
             wait([closing])
         out.timings.update(
-            wall_s=time.perf_counter() - t_start, log_s=plan.tracker.log_seconds,
-            train_s=sum(r.summary.get("train_seconds", 0.0) for r in results),
-            worker_s=sum(r.timings.get("total_s", 0.0) for r in results),
+            wall_s=time.perf_counter() - t_start, log_s=plan.tracker.log_seconds, **spent,
         )  # fmt: skip
     return out
 

@@ -18,7 +18,10 @@ from bpdiag.sweep.tracking import Tracker
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).parent
-pytestmark = pytest.mark.skipif(not (BIN / "dask").exists(), reason="the dask CLI is missing")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (BIN / "dask").exists(), reason="the dask CLI is missing"),
+]
 
 
 def _free_port() -> int:

@@ -33,11 +33,11 @@ def _pg_bin(name: str) -> str | None:
 
 
 PG = {name: _pg_bin(name) for name in ("initdb", "pg_ctl", "createdb")}
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not all(PG.values()) or (os.geteuid() == 0 and shutil.which("runuser") is None)
     or not (BIN / "dask").exists(),
     reason="PostgreSQL's server programs, runuser (as root) or the dask CLI not installed",
-)  # fmt: skip
+)]  # fmt: skip
 psycopg = pytest.importorskip("psycopg", reason="bpdiag[postgres] (psycopg) not installed")
 
 
