@@ -373,14 +373,25 @@ def _signals_as_interrupts():
         raise _Interrupted(signum)
 
     def again(signum, frame):
+        os.write(2, b"\nerror: interrupted again: stopped at once; the next sweep of this store "
+                    b"marks what this one left as KILLED\n")  # fmt: skip
         os._exit(128 + signum)
 
+    # a process that exits at once leaves multiprocessing's semaphores to its resource tracker,
+    # a child that would warn about them; the workers and the tracker inherit this
+    warnings = os.environ.get("PYTHONWARNINGS")
+    quiet = "ignore:resource_tracker:UserWarning"
+    os.environ["PYTHONWARNINGS"] = f"{warnings},{quiet}" if warnings else quiet
     old = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+        if warnings is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = warnings
 
 
 def _print_timings(console, t: dict) -> None:

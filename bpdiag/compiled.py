@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import threading
 
 from bpdiag import blas
 
-_CHILD = "BPDIAG_COMPILING"  # set in the child that compiles: it must not start another
+_CHILD = "BPDIAG_COMPILING"  # the parent's pid, in the child that compiles: it starts no other
 _lock = threading.Lock()
 _ready = False
 
@@ -56,6 +57,19 @@ def compile_kernels() -> None:
     dphi_array(0, z)
 
 
+def _child() -> None:
+    """The compiling child: it dies with the process that started it (an interrupted sweep's
+    worker) instead of compiling on alone, and takes Ctrl-C even where its parent ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if str(os.getppid()) != os.environ[_CHILD]:
+        return  # the parent died before prctl: nobody waits for this compile
+    compile_kernels()
+
+
 def _load_from_cache() -> None:
     """Compile the kernels in a child process unless the cache holds them already."""
     from bpdiag._core.loop import train_steps
@@ -70,8 +84,8 @@ def _load_from_cache() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one compiling child per machine; the others wait
         if _cached_signatures(train_steps) < 2:
             subprocess.run(
-                [sys.executable, "-c", "from bpdiag.compiled import compile_kernels as c; c()"],
-                env={**os.environ, _CHILD: "1"}, stdin=subprocess.DEVNULL,
+                [sys.executable, "-c", "from bpdiag.compiled import _child as c; c()"],
+                env={**os.environ, _CHILD: str(os.getpid())}, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
             )  # fmt: skip
             # a child that failed leaves the cache as it was: this process then compiles, and

@@ -112,10 +112,10 @@ def _ready(scheduler: str | None, workers: int | None, parts: list[object]) -> W
     address = scheduler_address(scheduler)
     if address:
         client, cluster = Client(address, timeout="30s"), None
-    else:
+    else:  # quiet: the sweep reports what fails, and the nannies' logs keep every record
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
                                processes=True, dashboard_address="127.0.0.1:0",
-                               silence_logs=logging.ERROR)  # fmt: skip
+                               silence_logs=logging.CRITICAL)  # fmt: skip
         parts.append(cluster)
         client = Client(cluster)
     parts.insert(0, client)

@@ -93,11 +93,25 @@ class Tracker:
 
     @functools.cached_property
     def client(self):
-        """The MlflowClient, made on first use (making one creates a SQLite store and its
-        folder: ``probe`` looks first)."""
+        """The MlflowClient, made on first use. Its first use of a SQLite file creates or
+        migrates the schema (and the folder's files: ``probe`` looks first), so every process,
+        sweep or reader, does that under a lock beside the file, one at a time."""
+        import fcntl
+
         from mlflow import MlflowClient
 
-        return MlflowClient(tracking_uri=self.uri)
+        path = sqlite_path(self.uri) if self.uri.lower().startswith("sqlite") else None
+        try:
+            lock = open(f"{path}.lock", "a") if path else None  # noqa: SIM115
+        except OSError:  # no folder, or a read-only one: nothing can be created there anyway
+            lock = None
+        if lock is None:
+            return MlflowClient(tracking_uri=self.uri)
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            client = MlflowClient(tracking_uri=self.uri)
+            client.search_experiments(max_results=1)  # the store exists and is migrated
+        return client
 
     # ------------------------------------------------------------ reaching the store
 
@@ -116,8 +130,6 @@ class Tracker:
             _within(timeout, self.uri, lambda: self.client.search_experiments(max_results=1))
 
     def _probe_sqlite(self) -> None:
-        import fcntl
-
         path = sqlite_path(self.uri)
         if path is None:  # in memory
             return
@@ -128,12 +140,10 @@ class Tracker:
             raise StoreError(f"store {self.uri}: cannot write the database file {path}")
         if not os.access(folder, os.W_OK | os.X_OK):  # SQLite writes its journal beside it
             raise StoreError(f"store {self.uri}: cannot write in the folder {folder}")
-        with open(f"{path}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one process creates or migrates the schema
-            try:
-                self.client.search_experiments(max_results=1)
-            except Exception as err:
-                raise StoreError(f"store {self.uri}: {_last_line(err)}") from None
+        try:
+            self.client  # noqa: B018  (creates or migrates the schema, under the lock)
+        except Exception as err:
+            raise StoreError(f"store {self.uri}: {_last_line(err)}") from None
 
     def check_artifacts(self, experiment_id: str) -> None:
         """Fail fast where the experiment's artifacts go to a local folder that cannot be

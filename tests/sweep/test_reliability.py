@@ -2,12 +2,14 @@
 two sweeps of one spec at once train each run once; a dead sweep's leftovers are reaped; SIGTERM
 cleans up like Ctrl-C; failed runs give exit status 1 with a tally."""
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from bpdiag.cli import main
@@ -155,3 +157,71 @@ def test_a_child_whose_artifacts_cannot_be_written_fails_alone(tmp_path):
     victim = tracker.client.get_run(blocked[0])
     assert victim.info.status == "FAILED" and "Traceback" in victim.data.tags[Tag.ERROR]
     assert tracker.client.get_run(outcome.parent_run_id).info.status == "FINISHED"
+
+
+def _started(proc, tmp_path, name) -> None:
+    """Wait until the sweep's parent run exists (the workers are then starting or warming)."""
+    tracker, deadline = Tracker(f"sqlite:///{tmp_path / 'm.db'}"), time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            exp = tracker.experiment_id(f"bpdiag-{name}", create=False)
+            if exp and _roles(tracker, exp, "sweep"):
+                return
+        except Exception:  # the store is being created
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the sweep never started: {proc.poll()} {proc.communicate()[1][-2000:]}")
+
+
+def _compiling(cache) -> list:
+    """Processes still compiling bpdiag's kernels into ``cache``."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("NUMBA_CACHE_DIR") == str(cache) and "compiled" in " ".join(
+                p.cmdline()
+            ):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.slow  # a cold start of two workers, twice
+def test_ctrl_c_during_a_cold_warm_up_stops_at_once_and_leaves_nothing(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a worker
+    compiles the kernels into an empty cache; pressed once, then twice on a second sweep."""
+    spec = _spec(tmp_path, "cold", "seeds: [0, 1]\nbase: {n_samples: 100, width: 8, steps: 50}\n")
+    cache = tmp_path / "numba-cache"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracker = Tracker(uri)
+    for presses in (1, 2):
+        proc = subprocess.Popen([BPDIAG, "sweep", str(spec), "--tracking-uri", uri, "--workers",
+                                 "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, start_new_session=True)  # fmt: skip
+        _started(proc, tmp_path, "cold")
+        deadline = time.time() + 60
+        while not _compiling(cache) and time.time() < deadline:
+            time.sleep(0.1)  # until a worker compiles the kernels into the empty cache
+        assert _compiling(cache), "no worker compiled: the test tested nothing"
+        for _ in range(presses):
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.3)
+        t = time.time()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and time.time() - t < 20, err[-2000:]
+        assert "Traceback" not in err and "UserWarning" not in err, err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "interrupted" in lines[0], err
+        deadline = time.time() + 10
+        while _compiling(cache) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _compiling(cache), "a compile outlived the interrupted sweep"
+    exp = tracker.experiment_id("bpdiag-cold", create=False)
+    # once: all KILLED; twice: it stopped at once and left its runs RUNNING for the next sweep
+    resumed = run_sweep(spec, tracking_uri=uri, workers=2)
+    assert resumed.finished == 2 and not tracker.children(exp, "RUNNING")
+    assert "RUNNING" not in {r.info.status for r in _roles(tracker, exp, "sweep")}
