@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+import threading
 from pathlib import Path
 
 import click
@@ -365,7 +367,12 @@ class _Interrupted(KeyboardInterrupt):
 def _signals_as_interrupts():
     """SIGINT and SIGTERM raise ``_Interrupted`` (the sweep marks what it leaves KILLED and
     stops its workers); a second signal during that clean-up exits at once, as the next sweep
-    recovers the store anyway."""
+    recovers the store anyway.
+
+    Python swallows an exception raised where it cannot propagate (a gc callback, a
+    ``__del__``: "Exception ignored in …"); there the first signal is caught by
+    ``sys.unraisablehook`` and delivered again, so one Ctrl-C is never lost."""
+    swallowed: list[int] = []
 
     def first(signum, frame):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -373,9 +380,21 @@ def _signals_as_interrupts():
         raise _Interrupted(signum)
 
     def again(signum, frame):
+        if swallowed:  # the first one, delivered again where it can propagate
+            raise _Interrupted(swallowed.pop())
         os.write(2, b"\nerror: interrupted again: stopped at once; the next sweep of this store "
                     b"marks what this one left as KILLED\n")  # fmt: skip
         os._exit(128 + signum)
+
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, _Interrupted):
+            swallowed.append(info.exc_value.signum)
+            # a real signal to the main thread (it wakes a blocking call) once this hook and
+            # the code that swallowed have returned; swallowed again, it comes back again
+            main = threading.main_thread().ident
+            threading.Timer(0.05, signal.pthread_kill, (main, info.exc_value.signum)).start()
+        else:
+            old_hook(info)
 
     # a process that exits at once leaves multiprocessing's semaphores to its resource tracker,
     # a child that would warn about them; the workers and the tracker inherit this
@@ -383,9 +402,11 @@ def _signals_as_interrupts():
     quiet = "ignore:resource_tracker:UserWarning"
     os.environ["PYTHONWARNINGS"] = f"{warnings},{quiet}" if warnings else quiet
     old = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = old_hook
         for sig, handler in old.items():
             signal.signal(sig, handler)
         if warnings is None:

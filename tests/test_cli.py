@@ -1,5 +1,6 @@
 """The ``bpdiag`` command, through click's CliRunner."""
 
+import pytest
 from click.testing import CliRunner
 
 from bpdiag.cli import main
@@ -54,3 +55,24 @@ def test_train_shows_the_batchnorm_explosion_and_the_skip_that_removes_it(tmp_pa
 def test_gradcheck_command_takes_norm_and_residual():
     result = CliRunner().invoke(main, ["gradcheck", "--norm", "layernorm", "--residual"])
     assert result.exit_code == 0 and "MISMATCH" not in result.output
+
+
+def test_a_ctrl_c_that_lands_in_a_finalizer_is_not_lost():
+    """Python swallows what a ``__del__`` (or a gc callback) raises; the sweep's handler then
+    raises the interrupt again where it propagates, instead of waiting for a second Ctrl-C."""
+    import os
+    import signal
+    import time
+
+    from bpdiag import cli
+
+    class SignalsWhileFinalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(10_000))  # the handler runs here, inside __del__, and is swallowed
+
+    with pytest.raises(KeyboardInterrupt) as caught, cli._signals_as_interrupts():
+        SignalsWhileFinalized()
+        time.sleep(2)  # delivered again here
+    assert caught.value.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

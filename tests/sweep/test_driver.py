@@ -3,7 +3,6 @@ temp dir, a real `mlflow server` on 127.0.0.1, and a real SIGKILL mid-sweep."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from processes import free_port
 
 from bpdiag.cli import main
 from bpdiag.schema import Tag
@@ -179,15 +179,9 @@ def test_rerun_keeps_one_finished_child_per_run_key(tmp_path):
 # ---------------------------------------------------------------- a real HTTP tracking server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen(
         [str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",

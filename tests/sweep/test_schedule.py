@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import free_port, stop
 
 from bpdiag.schema import Tag
 from bpdiag.sweep.tracking import Tracker
@@ -24,16 +25,10 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def cluster(workers: list[list[str]], env: dict[str, str] | None = None):
     """A ``dask scheduler`` and one ``dask worker`` per argument list; yields its address."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **(env or {})}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env,
              "start_new_session": True}  # fmt: skip
@@ -51,13 +46,7 @@ def cluster(workers: list[list[str]], env: dict[str, str] | None = None):
                                            "1", "--no-dashboard", *args], **quiet))  # fmt: skip
         yield address
     finally:
-        for proc in reversed(procs):
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop(procs)
 
 
 def _sweep(tmp_path, name: str, base: str, address: str, seeds: int = 1) -> subprocess.Popen:

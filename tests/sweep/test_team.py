@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import free_port, stop
 
 from bpdiag.schema import Tag
 from bpdiag.sweep.config import load_spec
@@ -39,12 +40,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     reason="PostgreSQL's server programs, runuser (as root) or the dask CLI not installed",
 )]  # fmt: skip
 psycopg = pytest.importorskip("psycopg", reason="bpdiag[postgres] (psycopg) not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 README = Path(__file__).parents[2] / "README.md"
@@ -81,7 +76,7 @@ def team():
     owner = "postgres" if os.geteuid() == 0 else None
     if owner:
         shutil.chown(root, owner)
-    ports = {name: str(_free_port()) for name in PORTS.values()}
+    ports = {name: str(free_port()) for name in PORTS.values()}
     env = {**os.environ, "PATH": f"{Path(PG['initdb']).parent}:{BIN}:{os.environ['PATH']}"}
     procs: list[subprocess.Popen] = []
     sweep = None
@@ -110,15 +105,9 @@ def team():
         yield {"tracking": url, "sweep": sweep,
                "backend": f"postgresql://bpdiag@127.0.0.1:{ports['pg']}/mlflow"}  # fmt: skip
     finally:
-        for proc in reversed(procs):
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        stop = [PG["pg_ctl"], "-D", str(root / "pgdata"), "-m", "immediate", "stop"]
-        subprocess.run(["runuser", "-u", owner, "--", *stop] if owner else stop,
+        stop(procs)
+        pg_stop = [PG["pg_ctl"], "-D", str(root / "pgdata"), "-m", "immediate", "stop"]
+        subprocess.run(["runuser", "-u", owner, "--", *pg_stop] if owner else pg_stop,
                        capture_output=True)  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
 
