@@ -133,8 +133,9 @@ def _ready(scheduler: str | None, workers: int | None, parts: list[object]) -> W
 def _warm(client, own_cluster: bool) -> int:
     """Run ``warm_up`` on every worker; returns how many are warm. A worker that dies or fails
     while warming is tried again, as a task would be (its nanny starts a new one), up to
-    ``WARM_ATTEMPTS`` rounds; the sweep fails only if no worker could be warmed. (A worker that
-    joins later warms itself: ``bpdiag.compiled.ready`` runs before any kernel.)"""
+    ``WARM_ATTEMPTS`` rounds; the sweep fails only if no worker could be warmed. Once one is
+    warm the runs start without waiting for replacements: a worker that joins later warms
+    itself, since ``bpdiag.compiled.ready`` runs before any kernel."""
     warm: set[str] = set()
     errors: dict[str, BaseException] = {}
     for _ in range(WARM_ATTEMPTS):
