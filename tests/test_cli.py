@@ -71,8 +71,9 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_is_not_lost():
             os.kill(os.getpid(), signal.SIGINT)
             sum(range(10_000))  # the handler runs here, inside __del__, and is swallowed
 
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt) as caught, cli._signals_as_interrupts():
         SignalsWhileFinalized()
         time.sleep(2)  # delivered again here
     assert caught.value.signum == signal.SIGINT
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) == before  # restored

@@ -206,6 +206,7 @@ def mlflow_server(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # separate processes for tens of seconds
 def test_sweep_against_a_real_mlflow_server(mlflow_server, tmp_path):
     from mlflow import MlflowClient
 
@@ -230,6 +231,7 @@ def test_sweep_against_a_real_mlflow_server(mlflow_server, tmp_path):
 # ---------------------------------------------------------------- kill and resume
 
 
+@pytest.mark.slow  # separate processes for tens of seconds
 def test_sigkill_mid_sweep_then_resume(tmp_path):
     spec = tmp_path / "kill.yaml"
     spec.write_text("name: kill\nseeds: [0, 1, 2]\nbase: {n_samples: 200, width: 16, steps: 300}\n"

@@ -34,6 +34,7 @@ def _roles(tracker, exp, role, status=None):
     return tracker.runs(exp, filt)
 
 
+@pytest.mark.slow  # separate processes for tens of seconds
 def test_two_sweeps_of_one_spec_at_once_train_each_run_once(tmp_path):
     spec = _spec(tmp_path, "twice", "seeds: [0, 1, 2]\nbase: {n_samples: 100, width: 8, steps: 60}\n"
                  "parameters:\n  depth: {values: [3, 5]}\n  activation: {values: [tanh, relu]}\n")  # fmt: skip
@@ -98,6 +99,7 @@ def test_a_live_sweeps_runs_are_waited_for(tmp_path):
     assert sorted(keys) == sorted(c.run_key for c in runs)
 
 
+@pytest.mark.slow  # separate processes for tens of seconds
 def test_sigterm_stops_the_sweep_cleanly(tmp_path):
     spec = _spec(tmp_path, "term", "seeds: [0, 1, 2, 3]\nbase: {n_samples: 200, width: 16, "
                  "steps: 400}\nparameters:\n  depth: {values: [4, 8]}\n")  # fmt: skip

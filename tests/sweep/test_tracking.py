@@ -96,6 +96,7 @@ def test_a_server_that_never_answers_fails_after_the_timeout(tmp_path):
         server.close()
 
 
+@pytest.mark.slow  # separate processes for tens of seconds
 def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'new.db'}"
     code = ("import sys; from bpdiag.sweep.tracking import Tracker; t = Tracker(sys.argv[1]); "
