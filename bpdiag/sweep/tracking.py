@@ -84,22 +84,23 @@ class Tracker:
     """MLflow access for sweeps. Only the driver holds one."""
 
     def __init__(self, uri: str | None = None) -> None:
-        import logging
-
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         self.uri = tracking_uri(uri)
         self.log_seconds = 0.0  # time spent writing, for --timings
 
     @functools.cached_property
     def client(self):
-        """The MlflowClient, made on first use. Its first use of a SQLite file creates or
-        migrates the schema (and the folder's files: ``probe`` looks first), so every process,
-        sweep or reader, does that under a lock beside the file, one at a time."""
+        """The MlflowClient, made on first use. Its first use of a SQLite file creates the
+        schema (and the folder's files: ``probe`` looks first), so every process, sweep or
+        reader, does that under a lock beside the file, one at a time; a new database is made
+        whole under a temporary name and then renamed, so that a sweep killed meanwhile leaves
+        no half-made store behind."""
         import fcntl
+        import logging
 
         from mlflow import MlflowClient
 
+        for name in ("mlflow", "alembic"):  # after importing mlflow, which sets them to INFO
+            logging.getLogger(name).setLevel(logging.WARNING)
         path = sqlite_path(self.uri) if self.uri.lower().startswith("sqlite") else None
         try:
             lock = open(f"{path}.lock", "a") if path else None  # noqa: SIM115
@@ -109,6 +110,8 @@ class Tracker:
             return MlflowClient(tracking_uri=self.uri)
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                _create_sqlite_store(path)
             client = MlflowClient(tracking_uri=self.uri)
             client.search_experiments(max_results=1)  # the store exists and is migrated
         return client
@@ -464,6 +467,23 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def _create_sqlite_store(path: Path) -> None:
+    """A new, fully migrated MLflow database at ``path``, made as ``.NAME.PID.creating``
+    beside it and renamed into place; what a killed creator left is removed first (the
+    caller holds the store's lock, so no creator is alive)."""
+    from mlflow import MlflowClient
+
+    for stale in path.parent.glob(f".{path.name}.*.creating*"):
+        stale.unlink(missing_ok=True)
+    making = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{making}").search_experiments(max_results=1)
+        os.replace(making, path)
+    except BaseException:  # an interrupt, or a failure to report
+        making.unlink(missing_ok=True)
+        raise
 
 
 def sqlite_path(uri: str) -> Path | None:

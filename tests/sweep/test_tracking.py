@@ -2,6 +2,7 @@
 SQLite store created by several processes at once is migrated once."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -118,3 +119,34 @@ def test_artifacts_that_cannot_be_written_fail_before_any_run_is_made(tmp_path):
     assert result.exit_code == 1 and seconds < 20, result.output
     assert f"cannot write in {blocker}" in " ".join(result.output.split())
     assert not tracker.runs(exp)  # no parent left RUNNING, no claims
+
+
+_CREATE = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "from bpdiag.sweep.tracking import Tracker; Tracker(sys.argv[1]).client")  # fmt: skip
+
+
+def _creating(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".new.db.*.creating*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_a_store_creation_cut_short_leaves_no_half_made_store(tmp_path, sig):
+    """Ctrl-C or a kill while MLflow builds a new database (seconds of migrations) leaves no
+    file that later sweeps would take for a store; the next process builds a whole one."""
+    db = tmp_path / "new.db"
+    proc = subprocess.Popen([sys.executable, "-c", _CREATE, f"sqlite:///{db}"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 60
+    while not (_creating(tmp_path) or db.exists()) and proc.poll() is None:
+        assert time.time() < deadline, "no store was being made"
+        time.sleep(0.01)
+    assert proc.poll() is None, f"it ended before the signal: {proc.communicate()[1][-2000:]}"
+    proc.send_signal(sig)
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0, "the creation finished before the signal: it tested nothing"
+    assert not db.exists()
+    if sig == signal.SIGINT:
+        assert not _creating(tmp_path)  # it cleaned up after itself
+    tracker = Tracker(f"sqlite:///{db}")
+    assert tracker.experiment_id("bpdiag-after")  # a whole, migrated store
+    assert db.exists() and not _creating(tmp_path)
