@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -70,9 +72,12 @@ class Startup:
 
     def __init__(self, scheduler: str | None, workers: int | None) -> None:
         self._parts: list[object] = []  # the client and cluster, as soon as they exist
+        self._lock = threading.Lock()
+        self._aborted = False
         pool = ThreadPoolExecutor(max_workers=1)
         try:
-            self.future = pool.submit(_ready, scheduler, workers, self._parts)
+            with _sigint_blocked_in_new_threads():
+                self.future = pool.submit(_ready, scheduler, workers, self._keep)
         finally:
             pool.shutdown(wait=False)
 
@@ -80,14 +85,68 @@ class Startup:
         return self.future.result()
 
     def abort(self) -> None:
-        """Close what has been started, without waiting for the warm-up (an interrupted sweep
-        on a fresh machine would otherwise wait out the compile)."""
+        """Stop now: close what has been started and what is still to start, without waiting
+        for the warm-up (it would hold an interrupted sweep for seconds, or on a fresh machine
+        for the whole compile)."""
+        with self._lock:
+            self._aborted = True
+            parts = list(self._parts)  # the cluster if it is local, then the client
         if self.future.done() and self.future.exception() is None:
-            self.future.result().close()
-            return
-        for part in reversed(list(self._parts)):  # the cluster, then the client
+            parts = [self.future.result().cluster, self.future.result().client]
+        for part in parts:
             with contextlib.suppress(Exception):
-                part.close()
+                _kill_local_workers(part)
+        for part in reversed(parts):  # the client, then the cluster, as ``Workers.close``
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.close()
+
+    def _keep(self, part: object) -> None:
+        """Note a part just started (closed at once if the start was aborted meanwhile)."""
+        with self._lock:
+            if not self._aborted:
+                self._parts.append(part)
+                return
+        with contextlib.suppress(Exception):
+            part.close()
+        raise _AbortedError
+
+
+class _AbortedError(Exception):
+    """The start of the workers was aborted."""
+
+
+def _kill_local_workers(cluster: object) -> None:
+    """SIGKILL a LocalCluster's worker processes (they hold nothing of the store's): a worker
+    warming up does not answer the cluster's request to close until it is warm."""
+    from distributed import LocalCluster
+
+    if not isinstance(cluster, LocalCluster):
+        return
+    for nanny in list(cluster.workers.values()):
+        with contextlib.suppress(Exception):
+            if nanny.pid:
+                os.kill(nanny.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _sigint_blocked_in_new_threads() -> Iterator[None]:
+    """Threads started in this block, and the threads and processes they start (the
+    LocalCluster's event loop, its worker processes), keep SIGINT blocked for good.
+
+    A terminal's Ctrl-C goes to its whole process group: the sweep must stop its workers, not
+    have them interrupted too (a worker interrupted while it imports prints a traceback). The
+    calling thread blocks SIGINT only for the block's microseconds: a Ctrl-C then waits, not
+    lost. multiprocessing's resource tracker is started first, as starting it unblocks SIGINT
+    in the thread that starts it."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def start(scheduler: str | None, workers: int | None) -> Startup:
@@ -104,7 +163,7 @@ def start_closing(workers: Workers) -> Future[None]:
         pool.shutdown(wait=False)
 
 
-def _ready(scheduler: str | None, workers: int | None, parts: list[object]) -> Workers:
+def _ready(scheduler: str | None, workers: int | None, keep: Callable[[object], None]) -> Workers:
     import logging
 
     from distributed import Client, LocalCluster
@@ -116,9 +175,9 @@ def _ready(scheduler: str | None, workers: int | None, parts: list[object]) -> W
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
                                processes=True, dashboard_address="127.0.0.1:0",
                                silence_logs=logging.CRITICAL)  # fmt: skip
-        parts.append(cluster)
+        keep(cluster)
         client = Client(cluster)
-    parts.insert(0, client)
+    keep(client)
     try:
         t = time.perf_counter()
         if not client.scheduler_info()["workers"]:

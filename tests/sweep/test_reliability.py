@@ -227,3 +227,49 @@ def test_ctrl_c_during_a_cold_warm_up_stops_at_once_and_leaves_nothing(tmp_path)
     resumed = run_sweep(spec, tracking_uri=uri, workers=2)
     assert resumed.finished == 2 and not tracker.children(exp, "RUNNING")
     assert "RUNNING" not in {r.info.status for r in _roles(tracker, exp, "sweep")}
+
+
+def _spawned(proc) -> list:
+    """The Dask worker processes a sweep has spawned so far (not multiprocessing's tracker)."""
+    import psutil
+
+    found = []
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            line = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "spawn_main" in line and "resource_tracker" not in line:
+            found.append(p)
+    return found
+
+
+@pytest.mark.slow  # a cluster's start, several times
+@pytest.mark.parametrize("wait", [0.0, 0.5, 1.5])
+def test_ctrl_c_while_the_workers_start_ends_with_one_line(tmp_path, wait):
+    """Ctrl-C from a terminal reaches the workers' processes too; while they are being spawned
+    or import their modules, only the driver takes it: one line, status 130, within seconds."""
+    spec = _spec(tmp_path, "boot", "base: {n_samples: 100, width: 8, steps: 2000}\n")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = subprocess.Popen([BPDIAG, "sweep", str(spec), "--tracking-uri", uri, "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    deadline = time.time() + 120
+    while not _spawned(proc) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert _spawned(proc), f"no worker was started: {proc.communicate()[1][-2000:]}"
+    time.sleep(wait)
+    assert proc.poll() is None, f"it ended before it could be stopped: {proc.communicate()}"
+    os.killpg(proc.pid, signal.SIGINT)
+    t = time.time()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.time() - t < 15, err[-2000:]
+    assert "Traceback" not in err and "UserWarning" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "interrupted" in lines[0], err
+    resumed = run_sweep(spec, tracking_uri=uri, workers=2)
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("bpdiag-boot", create=False)
+    assert resumed.finished + resumed.skipped == 1 and not tracker.children(exp, "RUNNING")
+    assert "RUNNING" not in {r.info.status for r in _roles(tracker, exp, "sweep")}
