@@ -3,16 +3,14 @@
 The public face is ``MLP``, ``train``, ``History``, ``diagnose`` (with ``Diagnosis`` and
 ``Thresholds``); the modules ``data``, ``hooks``, ``gradcheck``, ``schema`` and the packages
 ``diagnostics`` and ``sweep`` hold the rest. Names are imported on first use, so that
-``import bpdiag`` (and ``bpdiag --help``) loads neither Numba nor pandas.
+``import bpdiag`` (and ``bpdiag --help``) loads neither Numba nor pandas, and the console
+script starts handling Ctrl-C within milliseconds (``__version__`` is read on first use too).
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import version
 from typing import TYPE_CHECKING
-
-__version__ = version("bpdiag")
 
 _HOMES = {
     "MLP": "bpdiag.model",
@@ -32,6 +30,11 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> object:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        globals()[name] = version("bpdiag")
+        return globals()[name]
     if name not in _HOMES:
         raise AttributeError(f"module 'bpdiag' has no attribute {name!r}")
     value = getattr(import_module(_HOMES[name]), name)

@@ -42,7 +42,18 @@ def _dataset_names() -> list[str]:
     return list(DATASETS)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """A Ctrl-C that no command handles ends with one line and status 130 (click's own
+    handling says "Aborted!" and exits 1, the status of a failure)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _interrupted("interrupted", 130)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bpdiag")
 def main() -> None:
     """bpdiag: train deep MLPs and see what their gradients do."""
@@ -206,6 +217,12 @@ def _fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+def _interrupted(message: str, code: int) -> None:
+    if sys.stderr.isatty():  # the line after the terminal's "^C"
+        click.echo(err=True)
+    _fail(message, code)
+
+
 def _counts_by_axis(console, table, axes: list[str]) -> None:
     from rich.table import Table
 
@@ -324,8 +341,8 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
     except KeyboardInterrupt as err:
         bar.stop()
         code = 128 + getattr(err, "signum", signal.SIGINT)
-        _fail("interrupted: finished runs are in the store; run the same command again to "
-              "resume", code)  # fmt: skip
+        _interrupted("interrupted: finished runs are in the store; run the same command "
+                     "again to resume", code)  # fmt: skip
     except StoreError as err:
         bar.stop()
         _fail(str(err), 1)

@@ -77,3 +77,33 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_is_not_lost():
         time.sleep(2)  # delivered again here
     assert caught.value.signum == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) == before  # restored
+
+
+@pytest.mark.parametrize("after", ["numpy", "llvmlite"])
+def test_ctrl_c_while_the_command_loads_or_runs_ends_with_one_line(tmp_path, after):
+    """A terminal's Ctrl-C (SIGINT to the process group) while the console script imports its
+    modules, or once a command runs, gives one line and status 130, never a traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "bpdiag"
+    proc = subprocess.Popen([script, "train", "--steps", "100000", "--out", str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 60
+    while proc.poll() is None and time.time() < deadline:
+        try:  # a module's shared library mapped: that import has begun
+            if after in maps.read_text():
+                break
+        except OSError:
+            pass
+        time.sleep(0.002)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip() == "error: interrupted", err[-2000:]
