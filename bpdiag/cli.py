@@ -218,6 +218,15 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _interrupted(message: str, code: int) -> None:
+    """Say why bpdiag stops and exit with ``code``; a further Ctrl-C while Python shuts down
+    (Dask's threads, MLflow's atexit) ends it at once with the same status, not a traceback
+    or a death by SIGINT."""
+
+    def at_once(signum, frame):
+        os._exit(code)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, at_once)
     if sys.stderr.isatty():  # the line after the terminal's "^C"
         click.echo(err=True)
     _fail(message, code)

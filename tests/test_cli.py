@@ -79,6 +79,25 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_is_not_lost():
     assert signal.getsignal(signal.SIGINT) == before  # restored
 
 
+def test_a_ctrl_c_after_the_interrupted_line_keeps_the_status():
+    """A second Ctrl-C that lands once the interrupted sweep said so, while Python shuts down,
+    exits with the same status at once (it killed the process by SIGINT: status -2)."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal, time\n"
+              "from bpdiag import cli\n"
+              "try:\n"
+              "    cli._interrupted('interrupted', 130)\n"
+              "finally:\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    time.sleep(5)\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip() == "error: interrupted", done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("after", ["numpy", "llvmlite"])
 def test_ctrl_c_while_the_command_loads_or_runs_ends_with_one_line(tmp_path, after):
     """A terminal's Ctrl-C (SIGINT to the process group) while the console script imports its
