@@ -98,6 +98,26 @@ def test_a_ctrl_c_after_the_interrupted_line_keeps_the_status():
     assert done.stderr.strip() == "error: interrupted", done.stderr[-2000:]
 
 
+def test_a_ctrl_c_while_python_tears_down_keeps_the_status():
+    """A Ctrl-C once the command has ended, while Python tears its modules down (after it
+    dropped its signal handlers), leaves the command's status (it killed it by SIGINT)."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys, time\n"
+              "class Late:\n"
+              "    def __del__(self):  # runs as __main__ is torn down\n"
+              "        os.kill(os.getpid(), signal.SIGINT)\n"
+              "        time.sleep(2)\n"
+              "late = Late()\n"
+              "sys.argv = ['bpdiag', '--version']\n"
+              "from bpdiag._entry import main\n"
+              "main()\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("after", ["numpy", "llvmlite"])
 def test_ctrl_c_while_the_command_loads_or_runs_ends_with_one_line(tmp_path, after):
     """A terminal's Ctrl-C (SIGINT to the process group) while the console script imports its
