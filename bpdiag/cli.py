@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -288,6 +289,7 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
 
     from bpdiag.sweep.compare import varying_axes
     from bpdiag.sweep.config import SpecError, load_spec
+    from bpdiag.sweep.tracking import DEFAULT_URI
     from bpdiag.sweep.tracking import tracking_uri as tracking_uri_of
 
     console = Console()
@@ -368,8 +370,10 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
     if timings:
         _print_timings(console, outcome.timings)
     uri = tracking_uri_of(tracking_uri)
-    console.print(f"\nOpen the MLflow UI:  [bold]bpdiag ui --tracking-uri {uri}[/]   (or: make ui)")
-    console.print(f"then the runs table: [link={outcome.url}]{outcome.url}[/link]")
+    make_ui = "   (or: make ui)" if uri == DEFAULT_URI else ""
+    console.print(f"\nOpen the MLflow UI:  [bold]bpdiag ui --tracking-uri {uri}[/]{make_ui}",
+                  soft_wrap=True)  # fmt: skip
+    console.print(f"then the runs table: [link={outcome.url}]{outcome.url}[/link]", soft_wrap=True)
     console.print(
         "and expand the sweep's parent run; filter e.g. tags.bpdiag.diagnosis = 'vanishing'"
     )
@@ -460,9 +464,17 @@ def _print_timings(console, t: dict) -> None:
 
 
 def _tracker(uri):
-    from bpdiag.sweep.tracking import Tracker
+    """A reader of an existing store: a SQLite file that is not there is an error, not a new
+    empty store left in the current folder."""
+    from bpdiag.sweep.tracking import Tracker, sqlite_path
 
-    return Tracker(uri)
+    tracker = Tracker(uri)
+    if tracker.uri.lower().startswith("sqlite"):
+        path = sqlite_path(tracker.uri)
+        if path is not None and not path.exists():
+            _fail(f"no MLflow store at {path} ({tracker.uri}); run a sweep first, or pass "
+                  "--tracking-uri / set MLFLOW_TRACKING_URI", 1)  # fmt: skip
+    return tracker
 
 
 @main.command()
@@ -508,17 +520,19 @@ def compare(experiment, by, metric, use_all, plot, tracking_uri) -> None:
         console.print(f"comparing the {len(subset)} runs that differ only in {', '.join(axes)} and seed "
                       f"({len(df) - len(subset)} others left out; --all to include them)")  # fmt: skip
     t = Table(title=f"{experiment}: {metric} by {', '.join(axes)}")
-    for col in table.columns:
-        t.add_column(str(col), justify="right" if col not in axes else "left",
-                     style=VERDICT_STYLE.get(str(col), ""))  # fmt: skip
+    counts = [c for c in table.columns if c not in (*axes, "n", "mean", "std")]
+    for col in axes:
+        t.add_column(str(col))
+    t.add_column(f"{metric} (mean ± std)", justify="right", no_wrap=True)
+    for col in counts:
+        t.add_column(str(col), justify="right", style=VERDICT_STYLE.get(str(col), ""))
     for _, row in table.iterrows():
-        cells = []
-        for col in table.columns:
-            v = row[col]
-            cells.append(f"{v:.4g}" if isinstance(v, float) and col in ("mean", "std") else
-                         str(int(v)) if isinstance(v, float) and v == int(v) else str(v))  # fmt: skip
-        t.add_row(*cells)
+        t.add_row(*(str(row[c]) for c in axes), _mean_std(row),
+                  *(str(int(row[c])) for c in counts))  # fmt: skip
     console.print(t)
+    if "diverged" in table and table["diverged"].gt(0).any():
+        console.print(f"(a diverged run has no {metric}: its loss overflowed; the mean is over "
+                      "the others)")  # fmt: skip
     if plot:
         from bpdiag.diagnostics.figures import save
         from bpdiag.sweep import figures
@@ -540,37 +554,69 @@ def diagnose(run_id, tracking_uri) -> None:
     import json
 
     from rich.console import Console
+    from rich.markup import escape
 
     from bpdiag.diagnostics.verdict import Diagnosis, Thresholds
-    from bpdiag.schema import EVIDENCE_NAMES, SUMMARY_NAMES, Tag
+    from bpdiag.schema import SUMMARY, Tag
+    from bpdiag.sweep.tracking import ui_url
 
     console = Console()
     tracker = _tracker(tracking_uri)
-    try:
-        run = tracker.client.get_run(run_id)
-    except Exception:
-        _fail(f"no run {run_id!r} in {tracker.uri}")
-    tags = run.data.tags
+    run = _find_run(tracker, run_id)
+    run_id, tags = run.info.run_id, run.data.tags
     if Tag.DIAGNOSIS not in tags:
         _fail(
             f"run {run_id} has no bpdiag diagnosis (status {run.info.status}; a sweep's parent run?)"
         )
     try:
         text = tracker.client.download_artifacts(run_id, "diagnosis.json")
-        evidence = json.loads(Path(text).read_text())["evidence"]
+        evidence = {k: math.nan if v is None else float(v)  # JSON null: NaN
+                    for k, v in json.loads(Path(text).read_text())["evidence"].items()}  # fmt: skip
     except Exception:
-        evidence = {k: v for k, v in run.data.metrics.items() if k in EVIDENCE_NAMES}
-    console.print(f"run [bold]{run.info.run_name}[/] ({run_id}), status {run.info.status}")
+        evidence = {s.name: s.from_mlflow(run.data.metrics) for s in SUMMARY if s.evidence}
+        evidence = {k: math.nan if v is None else v for k, v in evidence.items()}
+    console.print(f"run [bold]{escape(run.info.run_name)}[/] ({run_id}), status {run.info.status}")
     console.print(
         "params: "
         + ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()) if v != "None")
     )
-    summary = {k: v for k, v in run.data.metrics.items() if k in SUMMARY_NAMES}
+    summary = {s.name: s.from_mlflow(run.data.metrics) for s in SUMMARY}
+    summary = {k: v for k, v in summary.items() if v is not None}
     print_verdict(
         console,
         Diagnosis(tags[Tag.DIAGNOSIS], tags.get(Tag.REASON, ""), evidence, Thresholds()),
         summary,
     )
+    console.print(
+        f"in the UI (bpdiag ui): {ui_url(run.info.experiment_id, run_id)}", soft_wrap=True
+    )
+
+
+def _mean_std(row) -> str:
+    """'0.592 ± 0.052 (n=2)'; '–' where no run of the group has the metric."""
+    n, mean, std = int(row["n"]), row["mean"], row["std"]
+    if n == 0 or not math.isfinite(mean):
+        return "–"
+    spread = f" ± {std:.2g}" if n > 1 and math.isfinite(std) else ""
+    return f"{mean:.3g}{spread} (n={n})"
+
+
+def _find_run(tracker, run_id: str):
+    """The run with this ID, or the one run whose ID starts with it (as the UI shortens them)."""
+    try:
+        return tracker.client.get_run(run_id)
+    except Exception:
+        pass
+    prefix = run_id.strip().lower()
+    found = []
+    if len(prefix) >= 4:
+        for exp in tracker.client.search_experiments():
+            found += [r for r in tracker.runs(exp.experiment_id)
+                      if r.info.run_id.startswith(prefix)]  # fmt: skip
+    if len(found) == 1:
+        return found[0]
+    many = f" ({len(found)} runs start with it; give more of the ID)" if found else ""
+    _fail(f"no run {run_id!r} in {tracker.uri}{many}")
 
 
 @main.command()
@@ -597,6 +643,12 @@ def ui(tracking_uri, port, experiment) -> None:
         exps = [e for e in exps if e.name == experiment]
         if not exps:
             _fail(f"no experiment {experiment!r} in {uri}")
+    import socket
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            _fail(f"port {port} on 127.0.0.1 is taken (an MLflow UI already running?); "
+                  "choose another with --port", 1)  # fmt: skip
     click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}")
     for e in exps:
         click.echo(f"  {e.name}: {ui_url(e.experiment_id, port=port)}")

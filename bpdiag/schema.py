@@ -14,6 +14,7 @@ declared by its slot; everything else about it is declared here and read from he
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from bpdiag._core import slots
@@ -72,44 +73,120 @@ LAYER_SERIES = _series(
     Series("grad_norm_affine", None, "‖(∂L/∂γ_l, ∂L/∂β_l)‖ of a normalized layer, before clipping"),
     Series("delta_rms_normed", None, "RMS over the batch of ‖∂ℓ_i/∂u_l‖ after the normalization"),
 )  # fmt: skip
-LAYER_POINTS = 12  # records per per-layer MLflow series (every record is in layers.parquet)
+LAYER_POINTS = 50  # records per per-layer MLflow series (every record is in layers.parquet)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A layer series across depth, as an MLflow metric whose step is the layer index (1..L):
+    one chart shows how it falls or grows toward the input, and the chart view overlays runs.
+    Logged as log10 (a vanishing net spans 18 decades) at a few records (``PROFILE_AT``)."""
+
+    column: str  # a ``LAYER_SERIES`` column
+    name: str  # depth/<name>/<when>
+
+    def key(self, when: str) -> str:
+        return f"depth/{self.name}/{when}"
+
+
+PROFILES = (
+    Profile("delta_rms", "log10_delta_rms"),
+    Profile("grad_norm_W", "log10_grad_norm"),
+)
+# Where the profiles are taken: the first record, fractions of the way, the last record.
+PROFILE_AT = (("init", 0.0), ("quarter", 0.25), ("half", 0.5), ("end", 1.0))
 
 
 @dataclass(frozen=True)
 class Scalar:
-    """One number per run: a ``History.summary`` key and MLflow summary metric of that name."""
+    """One number per run: a ``History.summary`` key, logged to MLflow once as
+    ``<group>/<name>`` (groups become sections of MLflow's charts, after the step series)."""
 
     name: str
-    group: str  # outcome | flow | theory | units | cost
+    group: str  # outcome | verdict | flow | theory | cost
     doc: str
     evidence: bool = True  # part of the verdict's evidence (``Diagnosis.evidence``)
+    scale: str = "linear"  # "log10": also as <group>/log10_<name>; "inverse": as inv_<name> only
+    after_divergence: bool = True  # meaningful for a diverged run (else not logged for one)
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}/{self.name}"
+
+    def mlflow(self, value: float, diverged: bool = False) -> dict[str, float]:
+        """MLflow key → value: finite values only (MLflow keeps no NaN and stores ±inf as
+        ±1.8e308, which charts and means take for numbers)."""
+        if diverged and not self.after_divergence:
+            return {}
+        if self.scale == "inverse":
+            values = (1.0 / value if value else math.inf,)
+        else:
+            values = (value, log10(value)) if self.scale == "log10" else (value,)
+        pairs = dict(zip(self.keys, values, strict=True))
+        return {k: float(v) for k, v in pairs.items() if v is not None and math.isfinite(v)}
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every MLflow key this number may be logged under."""
+        if self.scale == "inverse":
+            return (self._inverse_key,)
+        log = (f"{self.group}/log10_{self.name}",) if self.scale == "log10" else ()
+        return (self.key, *log)
+
+    def from_mlflow(self, metrics: dict[str, float]) -> float | None:
+        """The value back from a run's metrics (None where it was not logged)."""
+        if self.scale == "inverse":
+            inv = metrics.get(self._inverse_key)
+            return None if inv is None else (1.0 / inv if inv else math.inf)
+        return metrics.get(self.key)
+
+    @property
+    def _inverse_key(self) -> str:
+        return f"{self.group}/inv_{self.name}"
+
+
+def log10(value: float) -> float:
+    """log10 of a positive number; NaN otherwise (a NaN is not logged)."""
+    return math.log10(value) if value > 0 else math.nan
 
 
 SUMMARY = (
-    Scalar("final_loss", "outcome", "loss on the whole training set after training", False),
+    Scalar("final_loss", "outcome", "loss on the whole training set after training", False,
+           "log10", after_divergence=False),
     Scalar("final_accuracy", "outcome", "accuracy on the training set after training", False),
-    Scalar("test_loss", "outcome", "loss on the test set (when there is one)", False),
+    Scalar("test_loss", "outcome", "loss on the test set (when there is one)", False, "log10",
+           after_divergence=False),
     Scalar("test_accuracy", "outcome", "accuracy on the test set (when there is one)", False),
-    Scalar("loss_init", "outcome", "the first record's minibatch loss"),
-    Scalar("loss_end", "outcome", "the last record's minibatch loss"),
-    Scalar("diverged_step", "outcome", "first step with a non-finite loss or gradient (−1: none)"),
-    Scalar("grad_ratio_first_last", "flow", "RMS‖δ_1‖ / RMS‖δ_L‖ at init"),
-    Scalar("grad_ratio_first_last_W", "flow", "‖∂L/∂W_1‖ / ‖∂L/∂W_L‖ at init"),
-    Scalar("delta_ratio_median", "flow", "median over records of RMS‖δ_1‖ / RMS‖δ_L‖"),
-    Scalar("delta_ratio_end", "flow", "RMS‖δ_1‖ / RMS‖δ_L‖ at the last record"),
-    Scalar("grad_W_ratio_median", "flow", "median over records of ‖∂L/∂W_1‖ / ‖∂L/∂W_L‖"),
+    Scalar("loss_init", "outcome", "the first record's minibatch loss", scale="log10"),
+    Scalar("loss_end", "outcome", "the last record's minibatch loss", scale="log10",
+           after_divergence=False),
+    Scalar("diverged_step", "outcome", "first step with a non-finite loss or gradient, or whose"
+           " loss grew past the blow-up threshold (−1: none)"),
+    Scalar("delta_ratio_median", "verdict", "median over records of RMS‖δ_1‖ / RMS‖δ_L‖: the"
+           " number the vanishing/exploding verdict compares with its thresholds",
+           scale="log10"),
+    Scalar("dead_fraction", "verdict", "mean share of dead hidden units at the last record"),
+    Scalar("saturated_fraction", "verdict", "mean share of saturated hidden units at the last"
+           " record"),
+    Scalar("grad_ratio_first_last", "flow", "RMS‖δ_1‖ / RMS‖δ_L‖ at init", scale="log10"),
+    Scalar("grad_ratio_first_last_W", "flow", "‖∂L/∂W_1‖ / ‖∂L/∂W_L‖ at init", scale="log10"),
+    Scalar("delta_ratio_end", "flow", "RMS‖δ_1‖ / RMS‖δ_L‖ at the last record", scale="log10",
+           after_divergence=False),
+    Scalar("grad_W_ratio_median", "flow", "median over records of ‖∂L/∂W_1‖ / ‖∂L/∂W_L‖",
+           scale="log10"),
     Scalar("decay_per_layer", "flow", "factor of RMS‖δ_l‖ per layer toward the input at init"),
     Scalar("first_layer_below", "flow",
            "from the output back, the first layer whose δ at init is below the vanishing "
            "threshold times the last layer's (−1: none)"),
-    Scalar("grad_ratio_first_last_theory", "theory", "mean-field RMS‖δ_1‖ / RMS‖δ_L‖ at init"),
-    Scalar("grad_ratio_first_last_W_theory", "theory", "mean-field ‖∂L/∂W_1‖ / ‖∂L/∂W_L‖ at init"),
+    Scalar("grad_ratio_first_last_theory", "theory", "mean-field RMS‖δ_1‖ / RMS‖δ_L‖ at init",
+           scale="log10"),
+    Scalar("grad_ratio_first_last_W_theory", "theory", "mean-field ‖∂L/∂W_1‖ / ‖∂L/∂W_L‖ at"
+           " init", scale="log10"),
     Scalar("decay_per_layer_theory", "theory", "mean-field factor of δ per layer"),
     Scalar("chi1_theory", "theory", "χ₁ at the fixed point: < 1 ordered (vanishing), > 1 chaotic"),
-    Scalar("depth_scale_theory", "theory", "ξ = 1/|ln χ₁| layers (inf at criticality)"),
-    Scalar("dead_fraction", "units", "mean share of dead hidden units at the last record"),
-    Scalar("saturated_fraction", "units", "mean share of saturated hidden units at the last record"),
-    Scalar("clip_fraction", "units", "share of steps whose gradient clipping changed", False),
+    Scalar("depth_scale_theory", "theory", "ξ = 1/|ln χ₁| layers (inf at criticality; MLflow"
+           " gets 1/ξ = |ln χ₁|, 0 at criticality)", scale="inverse"),
+    Scalar("clip_fraction", "outcome", "share of steps whose gradient clipping changed", False),
     Scalar("train_seconds", "cost", "wall time of training", False),
     Scalar("steps_per_second", "cost", "optimizer steps per second of training", False),
 )  # fmt: skip

@@ -53,31 +53,68 @@ def test_mlflow_keys_are_unique_and_every_logged_key_is_declared(history):
     from bpdiag.sweep.execute import RunResult
     from bpdiag.sweep.tracking import Tracker
 
-    keys = [s.key for s in schema.STEP_SERIES if s.key] + list(schema.SUMMARY_NAMES)
+    summary_keys = [k for s in schema.SUMMARY for k in s.keys]
+    keys = [s.key for s in schema.STEP_SERIES if s.key] + summary_keys
     keys += [schema.timing_key(t) for t in schema.TIMINGS]
+    keys += [p.key(when) for p in schema.PROFILES for when, _ in schema.PROFILE_AT]
     prefixes = [s.key for s in schema.LAYER_SERIES if s.key]
     assert len(keys) == len(set(keys)) and len(prefixes) == len(set(prefixes))
     assert not [k for k in keys for p in prefixes if k.startswith(f"{p}/layer_")]
+    # the step series come first in MLflow's charts: every run scalar is in a section
+    assert all("/" in k for k in summary_keys)
 
     d = history.diagnosis
     result = RunResult(RunConfig(depth=3, width=8, clip="norm", clip_value=0.5), "FINISHED",
                        label=d.label, reason=d.reason, evidence=d.evidence,
                        summary=history.summary, steps=history.steps, layers=history.layers,
                        timings={t: 1.0 for t in schema.TIMINGS})  # fmt: skip
-    logged = [m.key for m in Tracker.metrics(result)]
+    metrics = Tracker.metrics(result)
+    logged = [m.key for m in metrics]
     layer_keys = {
         s.layer_key(layer, 3) for s in schema.LAYER_SERIES if s.key for layer in (1, 2, 3)
     }
     assert set(logged) <= set(keys) | layer_keys
-    once = [k for k in logged if k in schema.SUMMARY_NAMES]
-    finite = [k for k, v in history.summary.items() if not np.isnan(v)]  # MLflow keeps no NaN
-    assert sorted(once) == sorted(finite)  # each summary number once, under its one name
+    once = [k for k in logged if k in summary_keys]
+    assert len(once) == len(set(once))  # each summary number once under each of its keys
+    for scalar in schema.SUMMARY:  # and back: the same number
+        value = history.summary.get(scalar.name, np.nan)
+        back = scalar.from_mlflow({m.key: m.value for m in metrics if m.key in scalar.keys})
+        if np.isfinite(value):
+            assert back == pytest.approx(value), scalar.name
+        elif scalar.scale != "inverse":
+            assert back is None, scalar.name  # no NaN, no ±1.8e308 stand-in for ±inf
+    assert all(np.isfinite(m.value) for m in metrics)
     step_keys = {s.key for s in schema.STEP_SERIES if s.key}
     assert step_keys <= set(logged)  # clipping is on: its two series are logged too
     unclipped = RunResult(RunConfig(depth=3, width=8), "FINISHED", summary={},
                           steps=history.steps, layers=history.layers)  # fmt: skip
     dropped = {s.key for s in schema.STEP_SERIES if s.clipped_only}
     assert not dropped & {m.key for m in Tracker.metrics(unclipped)}
+
+
+def test_depth_profiles_have_the_layer_as_step(history):
+    from bpdiag.sweep.config import RunConfig
+    from bpdiag.sweep.execute import RunResult
+    from bpdiag.sweep.tracking import Tracker
+
+    result = RunResult(RunConfig(depth=3, width=8), "FINISHED", summary=history.summary,
+                       steps=history.steps, layers=history.layers)  # fmt: skip
+    metrics = Tracker.metrics(result)
+    layers = history.layers
+    for profile in schema.PROFILES:
+        for when, at in schema.PROFILE_AT:
+            points = {m.step: m.value for m in metrics if m.key == profile.key(when)}
+            records = sorted(layers["step"].unique())
+            record = layers[layers["step"] == records[round(at * (len(records) - 1))]]
+            expected = dict(zip(record["layer"], np.log10(record[profile.column]), strict=True))
+            assert points == pytest.approx(expected), (profile.key(when), points)
+
+
+def test_the_inverse_depth_scale_is_finite_at_criticality():
+    scalar = next(s for s in schema.SUMMARY if s.name == "depth_scale_theory")
+    assert scalar.mlflow(np.inf) == {"theory/inv_depth_scale_theory": 0.0}
+    assert scalar.from_mlflow({"theory/inv_depth_scale_theory": 0.0}) == np.inf
+    assert scalar.mlflow(4.0) == {"theory/inv_depth_scale_theory": 0.25}
 
 
 def test_layer_keys_sort_by_layer():

@@ -160,12 +160,15 @@ def diagnose(history, thresholds: Thresholds | None = None, **overrides: float) 
     elif ev["saturated_fraction"] >= th.saturated_fraction:
         label = "saturated"
         reason = f"{ev['saturated_fraction']:.0%} of hidden activations are saturated"
-    elif ratio > th.exploding_ratio:
-        label = "exploding"
-        reason = f"the error signal is {ratio:.3g}× larger at layer 1 than at layer L"
-    elif ratio < th.vanishing_ratio:
-        label, reason = "vanishing", f"the error signal at layer 1 is {ratio:.3g}× that at layer L"
     else:
-        label = "healthy"
-        reason = f"the error signal keeps its size across layers (ratio {ratio:.3g})"
+        median = (
+            f"the error signal at layer 1 is {ratio:.3g}× that at layer L (median over training)"
+        )
+        if ratio > th.exploding_ratio:
+            label, reason = "exploding", f"{median}, above {th.exploding_ratio:g}"
+        elif ratio < th.vanishing_ratio:
+            label, reason = "vanishing", f"{median}, below {th.vanishing_ratio:g}"
+        else:
+            label = "healthy"
+            reason = f"{median}, within {th.vanishing_ratio:g} … {th.exploding_ratio:g}"
     return Diagnosis(label, reason, ev, th)

@@ -18,6 +18,46 @@ def varying_axes(df: pd.DataFrame) -> list[str]:
     return [f for f in fields if f in df and f != "seed" and df[f].map(str).nunique() > 1]
 
 
+_SHORT = {"depth": "d{}", "width": "w{}", "lr": "lr {}", "batch_size": "batch {}",
+          "steps": "{} steps", "clip_value": "clip {}", "residual_scale": "skip×{}"}  # fmt: skip
+_PART_OF = {"clip_value": "clip", "residual_scale": "residual"}  # shown within that axis
+
+
+def run_names(configs: list) -> dict[str, str]:
+    """run_key → a name that leads with what varies across ``configs`` (RunConfigs) and ends
+    with the seed: 'sigmoid · d30 · xavier_normal · s0' (the full name where nothing varies)."""
+    if not configs:
+        return {}
+    df = pd.DataFrame([cfg.model_dump() for cfg in configs])
+    axes = varying_axes(df)
+    # the clip's part names its value, the skip's its scale
+    axes = [a for a in axes if _PART_OF.get(a) not in axes]
+    quiet = len(axes) > 3  # many axes (grids mixed): leave out "no norm", "no skip", "no clip"
+    names = {}
+    for cfg in configs:
+        parts = [_short(cfg, axis) for axis in axes]
+        parts = [p for p in parts if p and not (quiet and p.startswith("no "))]
+        names[cfg.run_key] = " · ".join(parts + [f"s{cfg.seed}"]) if parts else cfg.name
+    return names
+
+
+def _short(cfg, axis: str) -> str:
+    """One axis of ``cfg`` in a few characters ('' where it means nothing for this run)."""
+    value = getattr(cfg, axis)
+    if axis == "clip":
+        return "no clip" if value == "none" else f"clip {value} {cfg.clip_value}"
+    if axis == "residual":
+        scale = "" if cfg.residual_scale == 1.0 else f"×{cfg.residual_scale}"
+        return f"skip{scale}" if value else "no skip"
+    if axis == "norm" and value == "none":
+        return "no norm"
+    if (axis == "clip_value" and cfg.clip == "none") or (
+        axis == "residual_scale" and not cfg.residual
+    ):
+        return ""
+    return _SHORT.get(axis, "{}").format(value)
+
+
 def comparable(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """The largest set of runs that differ only in ``axes`` (and seed).
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bpdiag.sweep import schedule
+from bpdiag.sweep import notes, schedule
+from bpdiag.sweep.compare import run_names
 from bpdiag.sweep.config import RunConfig, SweepSpec, load_spec
 from bpdiag.sweep.execute import RunResult
 from bpdiag.sweep.tracking import LEASE_S, STORE_TIMEOUT_S, Tracker, ui_url
@@ -50,6 +51,7 @@ class _Plan:
     todo: list[RunConfig]  # the runs this sweep trains (its claims won)
     waiting: list[RunConfig]  # runs another live sweep is training
     claims: dict[str, str] = field(default_factory=dict)  # run_key → this sweep's child
+    names: dict[str, str] = field(default_factory=dict)  # run_key → the child's name
     losses: dict[str, pd.DataFrame] = field(default_factory=dict)  # run_id → (step, loss)
 
 
@@ -164,16 +166,20 @@ def _open(tracker: Tracker, spec: SweepSpec, runs: list[RunConfig], spec_text: s
     finished = tracker.finished_keys(exp_id)
     wanted = [cfg for cfg in runs if rerun or cfg.run_key not in finished]
     out.skipped = len(runs) - len(wanted)
+    tracker.describe(exp_id, notes.experiment_note(spec, runs))
     parent = tracker.start_parent(exp_id, spec, spec_text, len(runs), out.skipped)
     out.parent_run_id = parent
-    return _Plan(tracker, exp_id, parent, {cfg.run_key for cfg in runs}, [], []), wanted
+    plan = _Plan(tracker, exp_id, parent, {cfg.run_key for cfg in runs}, [], [])
+    plan.names = run_names(runs)
+    return plan, wanted
 
 
 def _claim(plan: _Plan, wanted: list[RunConfig], rerun: bool, lease: float,
            out: SweepOutcome) -> None:  # fmt: skip
     """A claim on every run to do (``tracking``): the runs this sweep trains, those it waits
     for."""
-    plan.tracker.claim(plan.experiment_id, plan.parent, out.spec.name, wanted, plan.claims)
+    plan.tracker.claim(plan.experiment_id, plan.parent, out.spec.name, wanted, plan.claims,
+                       plan.names)  # fmt: skip
     time.sleep(CLAIM_SETTLE_S)  # claims stamped before ours are committed by now
     _divide(plan, wanted, rerun, lease, out)
 
@@ -216,7 +222,7 @@ def _log(plan: _Plan, result: RunResult, rerun: bool, out: SweepOutcome) -> None
     key = result.run_key
     run_id = plan.claims[key]
     try:
-        plan.tracker.log_child(run_id, result)
+        plan.tracker.log_child(run_id, result, plan.names.get(key, ""))
     except Exception:  # an artifact or metric that cannot be written: this child fails alone
         result.status, result.error = "FAILED", traceback.format_exc()
         plan.tracker.fail_child(run_id, result.error)
@@ -239,7 +245,7 @@ def _finish(plan: _Plan, status: str, out: SweepOutcome) -> None:
     if status == "FINISHED":
         out.table = plan.tracker.table(plan.experiment_id, plan.keys)
         files = _comparison_figures(plan.tracker, out.table, plan.losses)
-        plan.tracker.finish_parent(plan.parent, out.table, files, status)
+        plan.tracker.finish_parent(plan.experiment_id, plan.parent, out.table, files, status)
     else:
         plan.tracker.end_parent(plan.parent, status)
     out.timings["finish_s"] = time.perf_counter() - t

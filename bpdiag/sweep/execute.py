@@ -35,6 +35,8 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (schema.TIMINGS)
     worker: str = ""
     blas: str = ""  # the library the kernels' GEMMs ran in
+    started: float = 0.0  # unix seconds on the worker: the run's start and end there
+    ended: float = 0.0
 
     @property
     def run_key(self) -> str:
@@ -64,7 +66,7 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
 
     times: dict[str, float] = {}
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     try:
         ds = _dataset(cfg.dataset, cfg.n_samples, cfg.seed)
         times["data_s"] = time.perf_counter() - start
@@ -93,10 +95,12 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
             cfg, "FINISHED", label=diagnosis.label, reason=diagnosis.reason,
             evidence=diagnosis.evidence, summary=summary, steps=hist.steps, layers=hist.layers,
             figures=pngs, timings={k: times[k] for k in TIMINGS}, worker=worker, blas=hist.blas,
+            started=started, ended=time.time(),
         )  # fmt: skip
     except Exception:
         times["total_s"] = time.perf_counter() - start
-        return RunResult(cfg, "FAILED", error=traceback.format_exc(), timings=times, worker=worker)
+        return RunResult(cfg, "FAILED", error=traceback.format_exc(), timings=times, worker=worker,
+                         started=started, ended=time.time())  # fmt: skip
 
 
 def warm_up(own_cluster: bool = False) -> str:

@@ -39,9 +39,12 @@ import yaml
 from bpdiag.schema import (
     LAYER_POINTS,
     LAYER_SERIES,
+    PROFILE_AT,
+    PROFILES,
     STEP_SERIES,
-    SUMMARY_NAMES,
+    SUMMARY,
     Tag,
+    log10,
     timing_key,
     verdict_count_key,
 )
@@ -64,20 +67,36 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
-def ui_url(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
-    """The runs table of an experiment (MLflow 3 opens its GenAI view otherwise)."""
-    return f"http://{host}:{port}/#/experiments/{experiment_id}?workflowType=machine_learning"
+# MLflow 3 opens experiments, runs and the compare page in its GenAI view (no runs shown)
+# unless the address asks for the model-training view.
+WORKFLOW = "workflowType=machine_learning"
+UI_PORT = 5000
+
+
+def ui_path(experiment_id: str, run_id: str | None = None) -> str:
+    """The UI's address of an experiment's runs table, or of one run, after the host."""
+    run = f"/runs/{run_id}" if run_id else ""
+    return f"#/experiments/{experiment_id}{run}?{WORKFLOW}"
+
+
+def compare_path(experiment_id: str, run_ids: list[str]) -> str:
+    """The UI's address of the compare page of ``run_ids``, after the host."""
+    from urllib.parse import quote
+
+    runs, exps = json.dumps(list(run_ids)), json.dumps([experiment_id])
+    return f"#/compare-runs?runs={quote(runs)}&experiments={quote(exps)}&{WORKFLOW}"
+
+
+def ui_url(experiment_id: str, run_id: str | None = None, host: str = "127.0.0.1",
+           port: int = UI_PORT) -> str:  # fmt: skip
+    """``ui_path`` on a UI at ``host:port`` (``bpdiag ui`` serves one on 127.0.0.1:5000)."""
+    return f"http://{host}:{port}/{ui_path(experiment_id, run_id)}"
 
 
 def _version() -> str:
     from bpdiag import __version__
 
     return __version__
-
-
-def _loggable(value: float) -> bool:
-    """MLflow keeps ±inf (as ±1.8e308) but not NaN."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 class Tracker:
@@ -232,21 +251,30 @@ class Tracker:
                 self.client.set_terminated(run.info.run_id, "KILLED")
         return live
 
+    def describe(self, experiment_id: str, note: str) -> None:
+        """The experiment's description (Markdown, shown above its runs table)."""
+        from bpdiag.sweep.notes import NOTE
+
+        self._timed(self.client.set_experiment_tag, experiment_id, NOTE, note)
+
     def heartbeat(self, parent_id: str) -> None:
         self.client.set_tag(parent_id, Tag.HEARTBEAT, f"{time.time():.3f}")
 
     def claim(self, experiment_id: str, parent_id: str, sweep: str, configs: list,
-              out: dict[str, str] | None = None) -> dict[str, str]:  # fmt: skip
+              out: dict[str, str] | None = None,
+              names: dict[str, str] | None = None) -> dict[str, str]:  # fmt: skip
         """A RUNNING child per config, with its params and tags: run_key → run_id, into
-        ``out`` as each is made (so that a caller interrupted midway knows its claims)."""
+        ``out`` as each is made (so that a caller interrupted midway knows its claims).
+        ``names``: run_key → the child's name (``compare.run_names``)."""
         from mlflow.entities import Param
 
         out = {} if out is None else out
         for cfg in configs:
             tags = {Tag.PARENT: parent_id, Tag.RUN_KEY: cfg.run_key, Tag.SWEEP: sweep,
                     Tag.ROLE: "run", Tag.VERSION: _version()}  # fmt: skip
+            name = (names or {}).get(cfg.run_key, cfg.name)
             run_id = self._timed(self.client.create_run, experiment_id, tags=tags,
-                                 run_name=cfg.name).info.run_id  # fmt: skip
+                                 run_name=name).info.run_id  # fmt: skip
             out[cfg.run_key] = run_id
             self._timed(self.client.log_batch, run_id,
                         params=[Param(k, str(getattr(cfg, k))) for k in RUN_FIELDS])  # fmt: skip
@@ -292,22 +320,27 @@ class Tracker:
             raise
         return run.info.run_id
 
-    def log_child(self, run_id: str, result: RunResult) -> None:
-        """Write one run's result into its claimed child (``claim``): tags, metrics, artifacts;
-        then mark it FINISHED/FAILED."""
-        self._timed(self._log_child, run_id, result)
+    def log_child(self, run_id: str, result: RunResult, name: str = "") -> None:
+        """Write one run's result into its claimed child (``claim``): its name with the verdict
+        first, tags, note, data set, metrics, artifacts; then mark it FINISHED/FAILED."""
+        self._timed(self._log_child, run_id, result, name)
 
-    def _log_child(self, run_id: str, result: RunResult) -> None:
+    def _log_child(self, run_id: str, result: RunResult, name: str) -> None:
         from mlflow.entities import RunTag
 
+        from bpdiag.sweep.notes import NOTE, child_note
+
         cfg = result.config
-        tags = {Tag.WORKER: result.worker}
+        tags = {Tag.WORKER: result.worker, NOTE: child_note(result)}
         if result.blas:
             tags[Tag.BLAS] = result.blas
         if result.label:
             tags[Tag.DIAGNOSIS] = result.label
             tags[Tag.REASON] = result.reason[:5000]
+        label = result.label if result.status == "FINISHED" else "failed"
+        self.client.update_run(run_id, name=f"[{label}] {name or cfg.name}")
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items() if v])
+        self.client.log_inputs(run_id, datasets=[_dataset_input(cfg)])
         metrics = self.metrics(result)
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
@@ -315,16 +348,14 @@ class Tracker:
             folder = Path(tmp)
             (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
             if result.status == "FINISHED":
-                for name, png in result.figures.items():
-                    (folder / name).write_bytes(png)
+                for figure, png in result.figures.items():
+                    (folder / figure).write_bytes(png)
                 result.layers.to_parquet(folder / "layers.parquet", index=False)
-                diagnosis = {
-                    "label": result.label,
-                    "reason": result.reason,
-                    "evidence": result.evidence,
-                }
+                diagnosis = {"label": result.label, "reason": result.reason,
+                             "evidence": _json_numbers(result.evidence)}  # fmt: skip
                 (folder / "diagnosis.json").write_text(
-                    json.dumps(diagnosis, indent=2, default=float)
+                    json.dumps(diagnosis, indent=2, ensure_ascii=False, allow_nan=False),
+                    encoding="utf-8",
                 )
             else:
                 (folder / "error.txt").write_text(result.error or "")
@@ -346,49 +377,69 @@ class Tracker:
 
     @staticmethod
     def metrics(result: RunResult) -> list:
-        """Step series (at the record cadence), per-layer series (downsampled), the summary and
-        the timings, each under its ``bpdiag.schema`` key."""
+        """Step series (at the record cadence), per-layer series (downsampled), depth profiles
+        (step = layer), the summary and the timings, each under its ``bpdiag.schema`` key.
+
+        A diverged run's series stop before its ``diverged_step`` and its end-of-training
+        losses are left out: the overflowing numbers (1e266, ±inf) would read as values."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         out = []
 
         def add(key: str, value: float, step: int = 0) -> None:
-            if _loggable(value):
+            if value is not None and math.isfinite(value):
                 out.append(Metric(key, float(value), now, int(step)))
 
+        cut = result.summary.get("diverged_step", -1.0)
+        diverged = cut is not None and cut >= 0
         if result.steps is not None:
             clipping = result.config.clip != "none"
+            steps = result.steps[result.steps["step"] < cut] if diverged else result.steps
             for series in STEP_SERIES:
                 if series.key and (clipping or not series.clipped_only):
-                    for step, value in zip(result.steps["step"], result.steps[series.column],
-                                           strict=True):  # fmt: skip
+                    for step, value in zip(steps["step"], steps[series.column], strict=True):
                         add(series.key, value, step)
-            layers = result.layers
+            layers = result.layers[result.layers["step"] < cut] if diverged else result.layers
+            depth = int(result.layers["layer"].max())
             records = np.sort(layers["step"].unique())
-            picks = np.unique(np.linspace(0, len(records) - 1, LAYER_POINTS).round().astype(int))
-            kept = layers[layers["step"].isin(records[picks])]
-            depth = int(layers["layer"].max())
-            for series in LAYER_SERIES:
-                if series.key:
-                    for step, layer, value in zip(kept["step"], kept["layer"], kept[series.column],
-                                                  strict=True):  # fmt: skip
-                        add(series.layer_key(int(layer), depth), value, step)
-        for name, value in result.summary.items():
-            add(name, value)
+            if len(records):
+                picks = np.linspace(0, len(records) - 1, LAYER_POINTS).round().astype(int)
+                kept = layers[layers["step"].isin(records[np.unique(picks)])]
+                for series in LAYER_SERIES:
+                    if series.key:
+                        for step, layer, value in zip(kept["step"], kept["layer"],
+                                                      kept[series.column], strict=True):  # fmt: skip
+                            add(series.layer_key(int(layer), depth), value, step)
+                for when, at in PROFILE_AT:
+                    record = layers[layers["step"] == records[round(at * (len(records) - 1))]]
+                    for profile in PROFILES:
+                        for layer, value in zip(record["layer"], record[profile.column],
+                                                strict=True):  # fmt: skip
+                            add(profile.key(when), log10(value), layer)
+        for scalar in SUMMARY:
+            if scalar.name in result.summary:
+                for key, value in scalar.mlflow(result.summary[scalar.name], diverged).items():
+                    add(key, value)
         for name, value in result.timings.items():
             add(timing_key(name), value)
         return out
 
     def finish_parent(
-        self, parent_id: str, table: pd.DataFrame, files: dict[str, bytes | str],
-        status: str = "FINISHED",
+        self, experiment_id: str, parent_id: str, table: pd.DataFrame,
+        files: dict[str, bytes | str], status: str = "FINISHED",
     ) -> None:  # fmt: skip
-        """summary.csv and the given files (name → PNG bytes or text) on the parent run, the
-        verdict counts, then its status."""
-        from mlflow.entities import Metric
+        """summary.csv and the given files (name → PNG bytes or text) on the parent run, its
+        note (``notes.parent_note``), the verdict counts, then its status."""
+        from mlflow.entities import Metric, RunTag
+
+        from bpdiag.sweep.notes import NOTE, parent_note
 
         def write() -> None:
+            figures = [n for n, c in files.items() if isinstance(c, bytes)]
+            paths = {r: ui_path(experiment_id, r) for r in table.get("run_id", [])}
+            note = parent_note(table, paths, figures, parent_id)
+            self.client.log_batch(parent_id, tags=[RunTag(NOTE, note)])
             with tempfile.TemporaryDirectory() as tmp:
                 table.to_csv(Path(tmp) / "summary.csv", index=False)
                 for name, content in files.items():
@@ -425,9 +476,13 @@ class Tracker:
                 "run_id": run.info.run_id,
                 "run_key": tags.get(Tag.RUN_KEY),
                 "label": tags.get(Tag.DIAGNOSIS),
+                "name": run.info.run_name,
+                "url": ui_url(experiment_id, run.info.run_id),
             }
             row.update(_config_of(run.data.params))
-            row.update({k: v for k, v in run.data.metrics.items() if k in SUMMARY_NAMES})
+            for scalar in SUMMARY:
+                value = scalar.from_mlflow(run.data.metrics)
+                row[scalar.name] = math.nan if value is None else value
             rows.append((run.info.start_time, run.info.run_id, row))
         rows.sort(key=lambda t: t[:2])  # a run_key FINISHED twice (an older bpdiag's race):
         newest = {row["run_key"]: row for _, _, row in rows}  # the newest child counts, once
@@ -450,6 +505,30 @@ def _config_of(params: dict[str, str]) -> dict[str, object]:
         return RunConfig(**{k: None if v == "None" else v for k, v in params.items()}).model_dump()
     except ValidationError:
         return dict(params)
+
+
+def _json_numbers(values: dict[str, float]) -> dict[str, float | str | None]:
+    """Numbers JSON can hold: NaN becomes null, ±inf the strings "inf" / "-inf"."""
+    out: dict[str, float | str | None] = {}
+    for key, value in values.items():
+        value = float(value)
+        out[key] = value if math.isfinite(value) else None if math.isnan(value) else str(value)
+    return out
+
+
+def _dataset_input(cfg):
+    """The run's data set as MLflow's input (the runs table's Dataset column and filter): the
+    name, a digest of what fixes its rows (name, size, seed), where it comes from."""
+    import hashlib
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    what = {"name": cfg.dataset, "n_samples": cfg.n_samples, "seed": cfg.seed}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
+    source = json.dumps({"bpdiag.data.load": what})
+    dataset = Dataset(name=cfg.dataset, digest=digest, source_type="code", source=source,
+                      profile=json.dumps({"n_samples": cfg.n_samples}))  # fmt: skip
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
 
 
 def _float(text: str | None, default: float) -> float:

@@ -83,9 +83,12 @@ def test_store_holds_children_with_the_schema(swept):
         assert tags[Tag.BLAS].split()[0] in ("mkl", "openblas")  # the GEMM library that ran
         assert set(params) == set(RUN_FIELDS)
         depth = int(params["depth"])
-        for key in ("loss", "accuracy", "grad_norm/total", "final_loss", "test_accuracy",
-                    "grad_ratio_first_last", "decay_per_layer", "chi1_theory",
-                    f"grad_norm/layer_{depth:02d}", "delta_rms/layer_01", "update_ratio/layer_01"):  # fmt: skip
+        for key in ("loss", "accuracy", "grad_norm/total", "outcome/final_loss",
+                    "outcome/test_accuracy", "flow/grad_ratio_first_last",
+                    "flow/log10_grad_ratio_first_last", "flow/decay_per_layer",
+                    "theory/chi1_theory", "verdict/log10_delta_ratio_median",
+                    "depth/log10_delta_rms/init", f"grad_norm/layer_{depth:02d}",
+                    "delta_rms/layer_01", "update_ratio/layer_01"):  # fmt: skip
             assert key in metrics, key
         assert len(metrics) < 300  # the UI slows down past the low hundreds
         artifacts = {a.path for a in tracker.client.list_artifacts(child.info.run_id)}
@@ -314,3 +317,95 @@ def test_a_sweep_of_cures_logs_them_and_compares_them(tmp_path):
     layers = pd.read_parquet(tracker.client.download_artifacts(children[0].info.run_id,
                                                                "layers.parquet"))  # fmt: skip
     assert {"grad_norm_affine", "delta_rms_normed"} <= set(layers.columns)
+
+
+# ---------------------------------------------------------------- what the MLflow UI shows
+
+
+def test_children_are_named_by_verdict_and_what_varies(swept):
+    _, uri, outcome, _ = swept
+    for child in Tracker(uri).children(outcome.experiment_id, "FINISHED"):
+        name, params = child.info.run_name, child.data.params
+        assert name.startswith(f"[{child.data.tags[Tag.DIAGNOSIS]}] d{params['depth']} · ")
+        assert name.endswith(f" · s{params['seed']}") and params["activation"] in name
+
+
+def test_notes_describe_the_experiment_the_sweep_and_each_run(swept):
+    _, uri, outcome, _ = swept
+    client = Tracker(uri).client
+    note = client.get_experiment(outcome.experiment_id).tags["mlflow.note.content"]
+    assert "`depth`: 3, 6, 4" in note and "verdict/log10_delta_ratio_median" in note
+    parent = client.get_run(outcome.parent_run_id).data.tags["mlflow.note.content"]
+    assert f"**{N_RUNS} runs**" in parent and "verdict_grid.png" in parent
+    assert f"#/experiments/{outcome.experiment_id}/runs/" in parent
+    assert parent.count("?workflowType=machine_learning)") == 5  # links to the 5 furthest runs
+    for child in Tracker(uri).children(outcome.experiment_id, "FINISHED"):
+        text, tags = child.data.tags["mlflow.note.content"], child.data.tags
+        assert text.startswith(f"**{tags[Tag.DIAGNOSIS]}**: {tags[Tag.REASON]}")
+        ratio = child.data.metrics["verdict/log10_delta_ratio_median"]
+        assert f"`verdict/log10_delta_ratio_median` = {ratio:.3g}" in text
+
+
+def test_each_child_logs_its_data_set_as_an_input(swept):
+    _, uri, outcome, _ = swept
+    for child in Tracker(uri).children(outcome.experiment_id, "FINISHED"):
+        (given,) = child.inputs.dataset_inputs
+        assert given.dataset.name == "spirals" and len(given.dataset.digest) == 8
+        assert {t.key: t.value for t in given.tags} == {"mlflow.data.context": "train"}
+
+
+def test_numbers_are_readable_and_finite(swept):
+    """log10 beside each ratio; nothing MLflow would show as 1.8e308 (its ±inf)."""
+    import math
+
+    _, uri, outcome, _ = swept
+    for child in Tracker(uri).children(outcome.experiment_id, "FINISHED"):
+        metrics = child.data.metrics
+        assert all(math.isfinite(v) and abs(v) < 1e300 for v in metrics.values())
+        for key in ("flow/grad_ratio_first_last", "verdict/delta_ratio_median"):
+            log_key = key.replace("/", "/log10_")
+            assert metrics[log_key] == pytest.approx(math.log10(metrics[key]))
+        assert "theory/inv_depth_scale_theory" in metrics
+
+
+def test_diagnosis_json_is_strict_json_with_readable_text(swept):
+    import json
+
+    _, uri, outcome, _ = swept
+    tracker = Tracker(uri)
+    for child in tracker.children(outcome.experiment_id, "FINISHED"):
+        path = Path(tracker.client.download_artifacts(child.info.run_id, "diagnosis.json"))
+        text = path.read_text(encoding="utf-8")
+
+        def refuse(name):
+            raise AssertionError(f"{name} is not JSON")
+
+        data = json.loads(text, parse_constant=refuse)
+        assert "\\u" not in text and data["reason"] == child.data.tags[Tag.REASON]
+        assert "×" in data["reason"] or child.data.tags[Tag.DIAGNOSIS] in ("dead", "saturated")
+
+
+def test_summary_csv_has_each_runs_address_in_the_model_training_view(swept):
+    _, uri, outcome, _ = swept
+    tracker = Tracker(uri)
+    summary = pd.read_csv(tracker.client.download_artifacts(outcome.parent_run_id, "summary.csv"))
+    for run_id, url in zip(summary["run_id"], summary["url"], strict=True):
+        assert url == (f"http://127.0.0.1:5000/#/experiments/{outcome.experiment_id}/runs/"
+                       f"{run_id}?workflowType=machine_learning")  # fmt: skip
+
+
+def test_diagnose_takes_an_id_prefix_and_prints_the_runs_address(swept):
+    _, uri, outcome, _ = swept
+    child = Tracker(uri).children(outcome.experiment_id, "FINISHED")[0]
+    run_id = child.info.run_id
+    result = CliRunner().invoke(main, ["diagnose", run_id[:8], "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert f"/runs/{run_id}?workflowType=machine_learning" in _text(result)
+
+
+def test_read_only_commands_create_no_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in (["diagnose", "0123abcd"], ["compare", "bpdiag-x"], ["ui"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "no MLflow store at" in _text(result), result.output
+    assert list(tmp_path.iterdir()) == []
