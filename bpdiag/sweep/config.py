@@ -96,6 +96,11 @@ class RunConfig(BaseModel):
     @field_validator("residual_scale", mode="before")
     @classmethod
     def _residual_scale(cls, v: object) -> object:
+        if isinstance(v, str):  # "0.5" from an MLflow param or a command line is a number
+            try:
+                v = float(v)
+            except ValueError:
+                pass
         try:
             residual_scale(v, 1)  # the choices' own check: a positive number or a known name
         except TypeError as err:

@@ -322,6 +322,17 @@ def test_a_sweep_of_cures_logs_them_and_compares_them(tmp_path):
 # ---------------------------------------------------------------- what the MLflow UI shows
 
 
+def test_the_table_reads_back_each_runs_config_typed(swept):
+    """Every row's RunConfig fields are the ones that ran, typed (MLflow keeps params as
+    strings; a "1.0" residual_scale once made a row's fields raw strings: depth "5" ≠ 5)."""
+    spec, uri, outcome, _ = swept
+    ran = {cfg.run_key: cfg.model_dump() for cfg in load_spec(spec)[1]}
+    table = Tracker(uri).table(outcome.experiment_id)
+    for row in table.to_dict("records"):
+        read = {f: None if pd.isna(row[f]) else row[f] for f in RUN_FIELDS}  # None: NaN in pandas
+        assert read == ran[row["run_key"]]
+
+
 def test_children_are_named_by_verdict_and_what_varies(swept):
     _, uri, outcome, _ = swept
     for child in Tracker(uri).children(outcome.experiment_id, "FINISHED"):
