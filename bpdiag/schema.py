@@ -28,6 +28,11 @@ class Series:
     key: str | None  # MLflow metric key (per layer: the prefix of key/layer_NN); None: not logged
     doc: str
     clipped_only: bool = False  # logged only when clipping is on (else it repeats ‖g‖ or 1)
+    also: str | None = None  # a second key: batch/… charts near the top of MLflow's view
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for k in (self.key, self.also) if k)
 
     def layer_key(self, layer: int, depth: int) -> str:
         """'grad_norm/layer_07': zero-padded so that the keys sort by layer."""
@@ -45,10 +50,11 @@ def _series(names: tuple[str, ...], *entries: Series) -> tuple[Series, ...]:
 STEP_SERIES = _series(
     slots.STEP_SLOTS,
     Series("step", None, "optimizer step of the record (0: at init, before any update)"),
-    Series("loss", "loss", "batch-mean training loss of the step's minibatch"),
-    Series("accuracy", "accuracy", "accuracy on the step's minibatch (NaN for mse)"),
+    Series("loss", "loss", "batch-mean training loss of the step's minibatch", also="batch/loss"),
+    Series("accuracy", "accuracy", "accuracy on the step's minibatch (NaN for mse)",
+           also="batch/accuracy"),
     Series("grad_norm_total", "grad_norm/total", "‖∂L/∂θ‖ over all parameters (W, b; γ, β where normalized), before"
-           " clipping"),
+           " clipping", also="batch/grad_norm"),
     Series("grad_norm_total_clipped", "grad_norm/total_clipped", "the same after clipping",
            clipped_only=True),
     Series("clip_coef", "clip_coef", "clipped norm / norm (1: not clipped)", clipped_only=True),
@@ -80,13 +86,16 @@ LAYER_POINTS = 50  # records per per-layer MLflow series (every record is in lay
 class Profile:
     """A layer series across depth, as an MLflow metric whose step is the layer index (1..L):
     one chart shows how it falls or grows toward the input, and the chart view overlays runs.
-    Logged as log10 (a vanishing net spans 18 decades) at a few records (``PROFILE_AT``)."""
+    Logged as log10 (a vanishing net spans 18 decades) at a few records (``PROFILE_AT``).
+
+    MLflow's chart view puts a key's part before its last "/" as a section and orders the
+    sections alphabetically (metrics without one last): ``across_depth/…`` comes first."""
 
     column: str  # a ``LAYER_SERIES`` column
-    name: str  # depth/<name>/<when>
+    name: str  # across_depth/<name>/<when>
 
     def key(self, when: str) -> str:
-        return f"depth/{self.name}/{when}"
+        return f"across_depth/{self.name}/{when}"
 
 
 PROFILES = (
@@ -100,7 +109,8 @@ PROFILE_AT = (("init", 0.0), ("quarter", 0.25), ("half", 0.5), ("end", 1.0))
 @dataclass(frozen=True)
 class Scalar:
     """One number per run: a ``History.summary`` key, logged to MLflow once as
-    ``<group>/<name>`` (groups become sections of MLflow's charts, after the step series)."""
+    ``summary/<group>/<name>`` (sections of MLflow's charts after the step series but
+    ``update_ratio/…``, which sorts later)."""
 
     name: str
     group: str  # outcome | verdict | flow | theory | cost
@@ -111,7 +121,11 @@ class Scalar:
 
     @property
     def key(self) -> str:
-        return f"{self.group}/{self.name}"
+        return f"summary/{self.group}/{self.name}"
+
+    @property
+    def log10_key(self) -> str:
+        return f"summary/{self.group}/log10_{self.name}"
 
     def mlflow(self, value: float, diverged: bool = False) -> dict[str, float]:
         """MLflow key → value: finite values only (MLflow keeps no NaN and stores ±inf as
@@ -130,7 +144,7 @@ class Scalar:
         """Every MLflow key this number may be logged under."""
         if self.scale == "inverse":
             return (self._inverse_key,)
-        log = (f"{self.group}/log10_{self.name}",) if self.scale == "log10" else ()
+        log = (self.log10_key,) if self.scale == "log10" else ()
         return (self.key, *log)
 
     def from_mlflow(self, metrics: dict[str, float]) -> float | None:
@@ -142,7 +156,7 @@ class Scalar:
 
     @property
     def _inverse_key(self) -> str:
-        return f"{self.group}/inv_{self.name}"
+        return f"summary/{self.group}/inv_{self.name}"
 
 
 def log10(value: float) -> float:

@@ -54,14 +54,23 @@ def test_mlflow_keys_are_unique_and_every_logged_key_is_declared(history):
     from bpdiag.sweep.tracking import Tracker
 
     summary_keys = [k for s in schema.SUMMARY for k in s.keys]
-    keys = [s.key for s in schema.STEP_SERIES if s.key] + summary_keys
+    keys = [k for s in schema.STEP_SERIES for k in s.keys] + summary_keys
     keys += [schema.timing_key(t) for t in schema.TIMINGS]
     keys += [p.key(when) for p in schema.PROFILES for when, _ in schema.PROFILE_AT]
     prefixes = [s.key for s in schema.LAYER_SERIES if s.key]
     assert len(keys) == len(set(keys)) and len(prefixes) == len(set(prefixes))
     assert not [k for k in keys for p in prefixes if k.startswith(f"{p}/layer_")]
-    # the step series come first in MLflow's charts: every run scalar is in a section
-    assert all("/" in k for k in summary_keys)
+    # MLflow's chart view: sections (a key's part before its last "/") in alphabetical order,
+    # keys without one last; the depth profiles, then the batch curves, then the step series
+    # of the layers come before any one-number summary (update_ratio/… sorts after them)
+    layer_sections = [p for p in prefixes if p != "update_ratio"]
+    sections = sorted({k.rsplit("/", 1)[0] for k in keys + [f"{p}/layer_01" for p in prefixes]
+                       if "/" in k})  # fmt: skip
+    summary_sections = {k.rsplit("/", 1)[0] for k in summary_keys}
+    assert sections[:3] == ["across_depth/log10_delta_rms", "across_depth/log10_grad_norm",
+                            "batch"]  # fmt: skip
+    first_summary = min(sections.index(x) for x in summary_sections)
+    assert max(sections.index(x) for x in layer_sections) < first_summary
 
     d = history.diagnosis
     result = RunResult(RunConfig(depth=3, width=8, clip="norm", clip_value=0.5), "FINISHED",
@@ -112,9 +121,9 @@ def test_depth_profiles_have_the_layer_as_step(history):
 
 def test_the_inverse_depth_scale_is_finite_at_criticality():
     scalar = next(s for s in schema.SUMMARY if s.name == "depth_scale_theory")
-    assert scalar.mlflow(np.inf) == {"theory/inv_depth_scale_theory": 0.0}
-    assert scalar.from_mlflow({"theory/inv_depth_scale_theory": 0.0}) == np.inf
-    assert scalar.mlflow(4.0) == {"theory/inv_depth_scale_theory": 0.25}
+    assert scalar.mlflow(np.inf) == {"summary/theory/inv_depth_scale_theory": 0.0}
+    assert scalar.from_mlflow({"summary/theory/inv_depth_scale_theory": 0.0}) == np.inf
+    assert scalar.mlflow(4.0) == {"summary/theory/inv_depth_scale_theory": 0.25}
 
 
 def test_layer_keys_sort_by_layer():

@@ -14,8 +14,8 @@ from bpdiag.schema import SUMMARY, log10
 from bpdiag.sweep.compare import varying_axes
 
 NOTE = "mlflow.note.content"
-VERDICT_KEY = next(s for s in SUMMARY if s.name == "delta_ratio_median").key
-VERDICT_LOG10_KEY = VERDICT_KEY.replace("/", "/log10_")
+_VERDICT = next(s for s in SUMMARY if s.name == "delta_ratio_median")
+VERDICT_KEY, VERDICT_LOG10_KEY = _VERDICT.key, _VERDICT.log10_key
 
 
 def _reading(th: Thresholds) -> str:
@@ -40,9 +40,10 @@ def experiment_note(spec, runs: list, th: Thresholds | None = None) -> str:
         "Each invocation of the sweep is a parent run; expand it for one child per configuration, "
         "named `[verdict] what varies · seed`. " + _reading(th or Thresholds()),
         "",
-        "A child's charts: `depth/log10_delta_rms/init` … `/end` have the **layer index as "
-        "step** (the error signal across depth at init, ¼, ½ and the end of training); `loss`, "
-        "`grad_norm/…`, `delta_rms/…` are series over training steps.",
+        "A child's charts, in MLflow's order: `across_depth/log10_delta_rms/init` … `/end` "
+        "have the **layer index as step** (the error signal across depth at init, ¼, ½ and "
+        "the end of training); `batch/…` (loss, accuracy, gradient norm), `delta_rms/…`, "
+        "`grad_norm/…` are series over training steps; then `summary/…`, one number each.",
     ]
     return "\n".join(lines)
 

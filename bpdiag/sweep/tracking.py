@@ -399,7 +399,8 @@ class Tracker:
             for series in STEP_SERIES:
                 if series.key and (clipping or not series.clipped_only):
                     for step, value in zip(steps["step"], steps[series.column], strict=True):
-                        add(series.key, value, step)
+                        for key in series.keys:
+                            add(key, value, step)
             layers = result.layers[result.layers["step"] < cut] if diverged else result.layers
             depth = int(result.layers["layer"].max())
             records = np.sort(layers["step"].unique())

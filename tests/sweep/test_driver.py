@@ -83,12 +83,12 @@ def test_store_holds_children_with_the_schema(swept):
         assert tags[Tag.BLAS].split()[0] in ("mkl", "openblas")  # the GEMM library that ran
         assert set(params) == set(RUN_FIELDS)
         depth = int(params["depth"])
-        for key in ("loss", "accuracy", "grad_norm/total", "outcome/final_loss",
-                    "outcome/test_accuracy", "flow/grad_ratio_first_last",
-                    "flow/log10_grad_ratio_first_last", "flow/decay_per_layer",
-                    "theory/chi1_theory", "verdict/log10_delta_ratio_median",
-                    "depth/log10_delta_rms/init", f"grad_norm/layer_{depth:02d}",
-                    "delta_rms/layer_01", "update_ratio/layer_01"):  # fmt: skip
+        for key in ("loss", "accuracy", "grad_norm/total", "summary/outcome/final_loss",
+                    "summary/outcome/test_accuracy", "summary/flow/grad_ratio_first_last",
+                    "summary/flow/log10_grad_ratio_first_last", "summary/flow/decay_per_layer",
+                    "summary/theory/chi1_theory", "summary/verdict/log10_delta_ratio_median",
+                    "across_depth/log10_delta_rms/init", "batch/loss",
+                    f"grad_norm/layer_{depth:02d}", "delta_rms/layer_01", "update_ratio/layer_01"):  # fmt: skip
             assert key in metrics, key
         assert len(metrics) < 300  # the UI slows down past the low hundreds
         artifacts = {a.path for a in tracker.client.list_artifacts(child.info.run_id)}
@@ -345,7 +345,7 @@ def test_notes_describe_the_experiment_the_sweep_and_each_run(swept):
     _, uri, outcome, _ = swept
     client = Tracker(uri).client
     note = client.get_experiment(outcome.experiment_id).tags["mlflow.note.content"]
-    assert "`depth`: 3, 6, 4" in note and "verdict/log10_delta_ratio_median" in note
+    assert "`depth`: 3, 6, 4" in note and "summary/verdict/log10_delta_ratio_median" in note
     parent = client.get_run(outcome.parent_run_id).data.tags["mlflow.note.content"]
     assert f"**{N_RUNS} runs**" in parent and "verdict_grid.png" in parent
     assert f"#/experiments/{outcome.experiment_id}/runs/" in parent
@@ -353,8 +353,8 @@ def test_notes_describe_the_experiment_the_sweep_and_each_run(swept):
     for child in Tracker(uri).children(outcome.experiment_id, "FINISHED"):
         text, tags = child.data.tags["mlflow.note.content"], child.data.tags
         assert text.startswith(f"**{tags[Tag.DIAGNOSIS]}**: {tags[Tag.REASON]}")
-        ratio = child.data.metrics["verdict/log10_delta_ratio_median"]
-        assert f"`verdict/log10_delta_ratio_median` = {ratio:.3g}" in text
+        ratio = child.data.metrics["summary/verdict/log10_delta_ratio_median"]
+        assert f"`summary/verdict/log10_delta_ratio_median` = {ratio:.3g}" in text
 
 
 def test_each_child_logs_its_data_set_as_an_input(swept):
@@ -373,10 +373,10 @@ def test_numbers_are_readable_and_finite(swept):
     for child in Tracker(uri).children(outcome.experiment_id, "FINISHED"):
         metrics = child.data.metrics
         assert all(math.isfinite(v) and abs(v) < 1e300 for v in metrics.values())
-        for key in ("flow/grad_ratio_first_last", "verdict/delta_ratio_median"):
-            log_key = key.replace("/", "/log10_")
+        for key in ("summary/flow/grad_ratio_first_last", "summary/verdict/delta_ratio_median"):
+            log_key = "/log10_".join(key.rsplit("/", 1))
             assert metrics[log_key] == pytest.approx(math.log10(metrics[key]))
-        assert "theory/inv_depth_scale_theory" in metrics
+        assert "summary/theory/inv_depth_scale_theory" in metrics
 
 
 def test_diagnosis_json_is_strict_json_with_readable_text(swept):
