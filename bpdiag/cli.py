@@ -498,6 +498,7 @@ def compare(experiment, by, metric, use_all, plot, tracking_uri) -> None:
     from rich.table import Table
 
     from bpdiag.sweep.compare import aggregate, comparable
+    from bpdiag.sweep.tracking import compare_url, ui_url
 
     console = Console()
     tracker = _tracker(tracking_uri)
@@ -533,6 +534,12 @@ def compare(experiment, by, metric, use_all, plot, tracking_uri) -> None:
     if "diverged" in table and table["diverged"].gt(0).any():
         console.print(f"(a diverged run has no {metric}: its loss overflowed; the mean is over "
                       "the others)")  # fmt: skip
+    if len(subset) <= MAX_COMPARED:
+        url = compare_url(exp_id, list(subset["run_id"]))
+        console.print(f"side by side in the MLflow UI: [link={url}]{url}[/link]", soft_wrap=True)
+    else:
+        url = ui_url(exp_id)
+        console.print(f"the runs in the MLflow UI: [link={url}]{url}[/link]", soft_wrap=True)
     if plot:
         from bpdiag.diagnostics.figures import save
         from bpdiag.sweep import figures
@@ -544,6 +551,9 @@ def compare(experiment, by, metric, use_all, plot, tracking_uri) -> None:
             fig = figures.metric_bars(table, axes, metric)
         save(fig, plot)
         console.print(f"wrote {plot}")
+
+
+MAX_COMPARED = 20  # runs on one MLflow compare page (its URL names each; the page grows slow)
 
 
 @main.command()

@@ -93,6 +93,12 @@ def ui_url(experiment_id: str, run_id: str | None = None, host: str = "127.0.0.1
     return f"http://{host}:{port}/{ui_path(experiment_id, run_id)}"
 
 
+def compare_url(experiment_id: str, run_ids: list[str], host: str = "127.0.0.1",
+                port: int = UI_PORT) -> str:  # fmt: skip
+    """``compare_path`` on a UI at ``host:port``."""
+    return f"http://{host}:{port}/{compare_path(experiment_id, run_ids)}"
+
+
 def _version() -> str:
     from bpdiag import __version__
 

@@ -135,13 +135,24 @@ def test_resume_skips_finished_runs(swept):
 
 
 def test_compare_through_the_cli(swept, tmp_path):
-    _, uri, _, _ = swept
+    import json
+    from urllib.parse import unquote
+
+    _, uri, outcome, _ = swept
     plot = tmp_path / "cmp.png"
     result = CliRunner().invoke(main, ["compare", "bpdiag-tiny", "--tracking-uri", uri, "--by",
                                        "optimizer,clip", "--plot", str(plot)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "final_loss by optimizer, clip" in _text(result) and "adam" in result.output
     assert "8 others left out" in _text(result)  # the depth × activation runs differ in more
+    compared = [
+        r.info.run_id
+        for r in Tracker(uri).children(outcome.experiment_id, "FINISHED")
+        if r.data.params["depth"] == "4"
+    ]  # the 8 compared runs, side by side
+    page = next(w for w in result.output.split() if "#/compare-runs?" in w)
+    assert page.endswith("&workflowType=machine_learning")
+    assert sorted(json.loads(unquote(page.split("runs=")[1].split("&")[0]))) == sorted(compared)
     assert plot.read_bytes()[:4] == b"\x89PNG"
     result = CliRunner().invoke(main, ["compare", "bpdiag-tiny", "--tracking-uri", uri, "--by",
                                        "depth", "--metric", "grad_ratio_first_last", "--all"])  # fmt: skip
