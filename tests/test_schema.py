@@ -132,3 +132,25 @@ def test_layer_keys_sort_by_layer():
     assert series.layer_key(7, 120) == "grad_norm/layer_007"
     keys = [series.layer_key(layer, 120) for layer in range(1, 121)]
     assert keys == sorted(keys)
+
+
+def test_a_diverged_run_logs_nothing_from_its_divergence_on(history):
+    """Series stop before diverged_step, and the losses at the end (overflowed) are left out:
+    an MLflow chart or mean would take 1e266 or 1.8e308 (its ±inf) for a value."""
+    from bpdiag.sweep.config import RunConfig
+    from bpdiag.sweep.execute import RunResult
+    from bpdiag.sweep.tracking import Tracker
+
+    summary = {**history.summary, "diverged_step": 8.0}
+    result = RunResult(RunConfig(depth=3, width=8), "FINISHED", label="diverged", reason="",
+                       evidence={}, summary=summary, steps=history.steps,
+                       layers=history.layers)  # fmt: skip
+    metrics = Tracker.metrics(result)
+    profiles = {p.key(when) for p in schema.PROFILES for when, _ in schema.PROFILE_AT}
+    over_steps = [m for m in metrics if m.key not in profiles and m.step > 0]
+    assert over_steps and max(m.step for m in over_steps) == 4  # records at 0, 4 | 8, 12
+    keys = {m.key for m in metrics}
+    for name in ("final_loss", "test_loss", "loss_end", "delta_ratio_end"):
+        scalar = next(s for s in schema.SUMMARY if s.name == name)
+        assert not keys & set(scalar.keys), name
+    assert "summary/outcome/diverged_step" in keys and "summary/outcome/loss_init" in keys

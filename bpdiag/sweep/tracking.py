@@ -1,10 +1,13 @@
 """The one writer to MLflow: a parent run per sweep invocation, a nested child per RunConfig.
 
 What is written is declared in ``bpdiag.schema``:
-- params: every RunConfig field by name; tags ``schema.Tag``;
+- params: every RunConfig field by name; tags ``schema.Tag``, the notes (``notes``), the run's
+  name ``[verdict] what varies · seed`` and its data set as an input;
 - step metrics at the record cadence (``schema.STEP_SERIES`` with a key), per-layer series
   downsampled to ``schema.LAYER_POINTS`` records (``schema.LAYER_SERIES`` with a key, as
-  ``<key>/layer_NN``), the run's summary once (``schema.SUMMARY``) and its timings;
+  ``<key>/layer_NN``), depth profiles with step = layer (``schema.PROFILES``), the run's
+  summary once (``schema.SUMMARY``) and its timings; finite values only, a diverged run's
+  series cut before its ``diverged_step``;
 - artifacts: ``gradient_flow.png``, ``grad_norm_vs_depth.png``, ``layers.parquet`` (every
   record of every layer series), ``config.yaml``, ``diagnosis.json``.
 
