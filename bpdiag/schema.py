@@ -102,8 +102,9 @@ PROFILES = (
     Profile("delta_rms", "log10_delta_rms"),
     Profile("grad_norm_W", "log10_grad_norm"),
 )
-# Where the profiles are taken: the first record, fractions of the way, the last record.
-PROFILE_AT = (("init", 0.0), ("quarter", 0.25), ("half", 0.5), ("end", 1.0))
+# Where the profiles are taken: the first record, fractions of the way, the last record
+# (numbered, so that MLflow's alphabetical order of charts is the order in time).
+PROFILE_AT = (("0_init", 0.0), ("1_quarter", 0.25), ("2_half", 0.5), ("3_end", 1.0))
 
 
 @dataclass(frozen=True)

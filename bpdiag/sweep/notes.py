@@ -40,7 +40,7 @@ def experiment_note(spec, runs: list, th: Thresholds | None = None) -> str:
         "Each invocation of the sweep is a parent run; expand it for one child per configuration, "
         "named `[verdict] what varies · seed`. " + _reading(th or Thresholds()),
         "",
-        "A child's charts, in MLflow's order: `across_depth/log10_delta_rms/init` … `/end` "
+        "A child's charts, in MLflow's order: `across_depth/log10_delta_rms/0_init` … `/3_end` "
         "have the **layer index as step** (the error signal across depth at init, ¼, ½ and "
         "the end of training); `batch/…` (loss, accuracy, gradient norm), `delta_rms/…`, "
         "`grad_norm/…` are series over training steps; then `summary/…`, one number each.",
@@ -65,7 +65,8 @@ def child_note(result, th: Thresholds | None = None) -> str:
     by_name = {s.name: s for s in SUMMARY}
     for name, value in result.evidence.items():
         lines.append(f"| `{by_name[name].key}` | {_fmt(value)} |")
-    lines += ["", "Figures: `gradient_flow.png`; every record of every layer: `layers.parquet`."]
+    lines += ["", "Figures: `gradient_flow.png`; each layer at init, ¼, ½ and the end: "
+              "`depth_profile.csv`; every record of every layer: `layers.parquet`."]  # fmt: skip
     return "\n".join(lines)
 
 

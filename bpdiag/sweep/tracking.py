@@ -9,7 +9,7 @@ What is written is declared in ``bpdiag.schema``:
   summary once (``schema.SUMMARY``) and its timings; finite values only, a diverged run's
   series cut before its ``diverged_step``;
 - artifacts: ``gradient_flow.png``, ``grad_norm_vs_depth.png``, ``layers.parquet`` (every
-  record of every layer series), ``config.yaml``, ``diagnosis.json``.
+  record of every layer series), ``depth_profile.csv``, ``config.yaml``, ``diagnosis.json``.
 
 A child is marked FINISHED only after everything above is written, so a FINISHED child is
 complete; resume skips exactly those run_keys.
@@ -360,6 +360,8 @@ class Tracker:
                 for figure, png in result.figures.items():
                     (folder / figure).write_bytes(png)
                 result.layers.to_parquet(folder / "layers.parquet", index=False)
+                depth_profiles(result).to_csv(folder / "depth_profile.csv", index=False,
+                                              float_format="%.6g")  # fmt: skip
                 diagnosis = {"label": result.label, "reason": result.reason,
                              "evidence": _json_numbers(result.evidence)}  # fmt: skip
                 (folder / "diagnosis.json").write_text(
@@ -421,12 +423,11 @@ class Tracker:
                         for step, layer, value in zip(kept["step"], kept["layer"],
                                                       kept[series.column], strict=True):  # fmt: skip
                             add(series.layer_key(int(layer), depth), value, step)
-                for when, at in PROFILE_AT:
-                    record = layers[layers["step"] == records[round(at * (len(records) - 1))]]
-                    for profile in PROFILES:
-                        for layer, value in zip(record["layer"], record[profile.column],
-                                                strict=True):  # fmt: skip
-                            add(profile.key(when), log10(value), layer)
+            profiles = depth_profiles(result)
+            for profile in PROFILES:
+                for when, layer, value in zip(profiles["when"], profiles["layer"],
+                                              profiles[profile.column], strict=True):  # fmt: skip
+                    add(profile.key(when), log10(value), layer)
         for scalar in SUMMARY:
             if scalar.name in result.summary:
                 for key, value in scalar.mlflow(result.summary[scalar.name], diverged).items():
@@ -503,6 +504,24 @@ class Tracker:
         return pd.DataFrame(
             {"step": [m.step for m in hist], "loss": [m.value for m in hist]}
         ).sort_values("step")
+
+
+def depth_profiles(result: RunResult) -> pd.DataFrame:
+    """The layer series at the records of ``schema.PROFILE_AT`` (before a divergence): one row
+    per (when, layer), with the record's step; a run's ``depth_profile.csv``, which MLflow's
+    artifact view shows as a table (it has no preview of ``layers.parquet``)."""
+    layers = result.layers
+    cut = result.summary.get("diverged_step", -1.0)
+    if cut is not None and cut >= 0:
+        layers = layers[layers["step"] < cut]
+    records = np.sort(layers["step"].unique())
+    if not len(records):
+        return layers.assign(when=[]).iloc[:0]
+    parts = [layers[layers["step"] == records[round(at * (len(records) - 1))]].assign(when=when)
+             for when, at in PROFILE_AT]  # fmt: skip
+    table = pd.concat(parts, ignore_index=True)
+    return table[["when", "step", "layer", *(c for c in table.columns if c not in
+                                             ("when", "step", "layer"))]]  # fmt: skip
 
 
 def _config_of(params: dict[str, str]) -> dict[str, object]:

@@ -87,13 +87,13 @@ def test_store_holds_children_with_the_schema(swept):
                     "summary/outcome/test_accuracy", "summary/flow/grad_ratio_first_last",
                     "summary/flow/log10_grad_ratio_first_last", "summary/flow/decay_per_layer",
                     "summary/theory/chi1_theory", "summary/verdict/log10_delta_ratio_median",
-                    "across_depth/log10_delta_rms/init", "batch/loss",
+                    "across_depth/log10_delta_rms/0_init", "batch/loss",
                     f"grad_norm/layer_{depth:02d}", "delta_rms/layer_01", "update_ratio/layer_01"):  # fmt: skip
             assert key in metrics, key
         assert len(metrics) < 300  # the UI slows down past the low hundreds
         artifacts = {a.path for a in tracker.client.list_artifacts(child.info.run_id)}
         assert {"gradient_flow.png", "grad_norm_vs_depth.png", "layers.parquet", "config.yaml",
-                "diagnosis.json"} <= artifacts  # fmt: skip
+                "diagnosis.json", "depth_profile.csv"} <= artifacts  # fmt: skip
 
 
 def test_step_series_and_full_resolution_parquet(swept):
@@ -109,6 +109,16 @@ def test_step_series_and_full_resolution_parquet(swept):
     per_layer = tracker.client.get_metric_history(child.info.run_id, "delta_rms/layer_01")
     assert [m.value for m in per_layer] == pytest.approx(
         list(layers[layers.layer == 1]["delta_rms"])
+    )
+    # the profiles at init, ¼, ½, the end: a CSV that MLflow previews as a table
+    path = tracker.client.download_artifacts(child.info.run_id, "depth_profile.csv")
+    profile = pd.read_csv(path)
+    assert list(profile["when"].unique()) == ["0_init", "1_quarter", "2_half", "3_end"]
+    assert len(profile) == 4 * depth and list(profile.columns[:3]) == ["when", "step", "layer"]
+    end = profile[profile["when"] == "3_end"]
+    assert list(end["step"].unique()) == [39]
+    assert end["delta_rms"].tolist() == pytest.approx(
+        layers[layers.step == 39]["delta_rms"].tolist(), rel=1e-5
     )
 
 
