@@ -82,7 +82,7 @@ def aggregate(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
     table = groups[metric].agg(n="count", mean="mean", std="std")
     if "label" in df:
         counts = pd.crosstab([df[c] for c in by], df["label"])
-        table = table.join(counts).fillna(0)
+        table = table.join(counts).fillna({c: 0 for c in counts.columns})  # mean stays NaN
     return table.reset_index()
 
 

@@ -120,10 +120,13 @@ def loss_curves(df, histories: dict, by: tuple[str, str] = ("optimizer", "clip")
 
 
 def metric_bars(table, by: list[str], metric: str) -> Figure:
-    """Bars of a metric's mean ± std per group (the ``aggregate`` table)."""
+    """Bars of a metric's mean ± std per group (the ``aggregate`` table); a group's diverged
+    runs, which have no end-of-training numbers, are counted in its label, not averaged."""
     fig = Figure(figsize=(max(4.0, 0.6 * len(table) + 2), 3.8), layout="constrained")
     ax = fig.subplots()
-    labels = [" / ".join(str(row[a]) for a in by) for _, row in table.iterrows()]
+    diverged = table["diverged"] if "diverged" in table else pd.Series(0, index=table.index)
+    labels = [" / ".join(str(row[a]) for a in by) + (f" ({n} diverged)" if n else "")
+              for (_, row), n in zip(table.iterrows(), diverged.astype(int), strict=True)]  # fmt: skip
     ax.bar(range(len(table)), table["mean"], yerr=table["std"].fillna(0), color="C0", capsize=3)
     ax.set_xticks(range(len(table)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
