@@ -218,14 +218,15 @@ def _take_over(plan: _Plan, lease: float, out: SweepOutcome) -> list[RunConfig]:
 
 
 def _log(plan: _Plan, result: RunResult, rerun: bool, out: SweepOutcome) -> None:
-    """One result into its claimed child; then one FINISHED child per run_key (the newest)."""
+    """One result into a child that replaces its claim; then one FINISHED child per run_key
+    (the newest)."""
     key = result.run_key
-    run_id = plan.claims[key]
+    run_id = claim = plan.claims[key]
     try:
-        plan.tracker.log_child(run_id, result, plan.names.get(key, ""))
+        run_id = plan.tracker.log_child(claim, result, plan.names.get(key, ""))
     except Exception:  # an artifact or metric that cannot be written: this child fails alone
         result.status, result.error = "FAILED", traceback.format_exc()
-        plan.tracker.fail_child(run_id, result.error)
+        plan.tracker.fail_child(claim, result.error)
     del plan.claims[key]  # only now: a child cut off while logged is KILLED at the end
     if result.steps is not None:
         plan.losses[run_id] = result.steps[["step", "loss"]]

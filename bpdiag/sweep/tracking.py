@@ -15,8 +15,10 @@ A child is marked FINISHED only after everything above is written, so a FINISHED
 complete; resume skips exactly those run_keys.
 
 Sweeps that share a store (two at once, or one after a killed one) agree through it alone:
-- a sweep *claims* each run it will train by creating its child, RUNNING, before training;
+- a sweep *claims* each run it will train by creating a child, RUNNING, before training;
   among live claims of one run_key the oldest (start time, then run ID) trains it (``owners``);
+  the result goes into a new child with the worker's start and end, which retires the claim
+  once complete (``log_child``);
 - a parent is *live* while its driver runs: on the driver's host, while that process exists;
   elsewhere, while its heartbeat (renewed every ``LEASE_S``/6) is younger than ``LEASE_S``;
   a dead sweep's parent and its unfinished children become KILLED (``reap``);
@@ -62,6 +64,8 @@ class StoreError(RuntimeError):
     """The tracking store cannot be used; the message names it and why."""
 
 
+# the tags a claim is made with (``claim``), which the child that replaces it keeps
+_CLAIM_TAGS = (Tag.PARENT, Tag.RUN_KEY, Tag.SWEEP, Tag.ROLE, Tag.VERSION)
 LEASE_S = 60.0  # a parent whose heartbeat is older than this, on another host, is dead
 
 
@@ -329,10 +333,38 @@ class Tracker:
             raise
         return run.info.run_id
 
-    def log_child(self, run_id: str, result: RunResult, name: str = "") -> None:
-        """Write one run's result into its claimed child (``claim``): its name with the verdict
-        first, tags, note, data set, metrics, artifacts; then mark it FINISHED/FAILED."""
-        self._timed(self._log_child, run_id, result, name)
+    def log_child(self, run_id: str, result: RunResult, name: str = "") -> str:
+        """Write one run's result and return the child that holds it.
+
+        MLflow cannot move a run's start, and a claim (``claim``, ``run_id``) starts when its
+        sweep does; so the result goes into a new run with the claim's tags and params whose
+        start and end are the worker's: its name with the verdict first, tags, note, data
+        set, metrics, artifacts, then FINISHED/FAILED. Only then is the claim retired
+        (KILLED, deleted). If writing fails, the new run is deleted and the error raised:
+        the claim stays, for the caller to fail (``fail_child``) or, interrupted, to kill."""
+        return self._timed(self._replace_claim, run_id, result, name)
+
+    def _replace_claim(self, claim_id: str, result: RunResult, name: str) -> str:
+        from mlflow.entities import Param
+
+        claim = self.client.get_run(claim_id)
+        tags = {k: v for k, v in claim.data.tags.items() if k in _CLAIM_TAGS}
+        start = int(result.started * 1000) if result.started else None
+        child = self.client.create_run(claim.info.experiment_id, start_time=start, tags=tags,
+                                       run_name=claim.info.run_name).info.run_id  # fmt: skip
+        try:
+            params = [Param(k, v) for k, v in claim.data.params.items()]
+            self.client.log_batch(child, params=params)
+            self._log_child(child, result, name)
+        except BaseException:
+            try:  # best effort: the store may be what failed
+                self.client.delete_run(child)
+            except Exception:
+                pass
+            raise
+        self.client.set_terminated(claim_id, "KILLED")  # not left RUNNING among deleted runs
+        self.client.delete_run(claim_id)
+        return child
 
     def _log_child(self, run_id: str, result: RunResult, name: str) -> None:
         from mlflow.entities import RunTag
@@ -374,7 +406,8 @@ class Tracker:
                     run_id, tags=[RunTag(Tag.ERROR, (result.error or "")[-4000:])]
                 )
             self.client.log_artifacts(run_id, tmp)
-        self.client.set_terminated(run_id, result.status)
+        end = int(result.ended * 1000) if result.ended else None
+        self.client.set_terminated(run_id, result.status, end_time=end)
 
     def fail_child(self, run_id: str, error: str) -> None:
         """A child whose result could not be logged: FAILED, the error in its tag (best

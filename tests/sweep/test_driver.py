@@ -354,6 +354,28 @@ def test_the_table_reads_back_each_runs_config_typed(swept):
         assert read == ran[row["run_key"]]
 
 
+def test_a_childs_start_and_end_are_the_workers(swept):
+    """The Duration column shows the run's time on its worker (a claim starts with its sweep);
+    the claims it replaced are neither left RUNNING nor shown."""
+    from mlflow.entities import ViewType
+
+    _, uri, outcome, seen = swept
+    tracker = Tracker(uri)
+    by_key = {r.run_key: r for r in seen}
+    children = tracker.children(outcome.experiment_id, "FINISHED")
+    for child in children:
+        result = by_key[child.data.tags[Tag.RUN_KEY]]
+        assert child.info.start_time == int(result.started * 1000)
+        assert child.info.end_time == int(result.ended * 1000)
+        assert child.info.end_time - child.info.start_time < 60_000  # seconds, not the sweep's
+    every = tracker.client.search_runs([outcome.experiment_id], run_view_type=ViewType.ALL,
+                                       max_results=1000)  # fmt: skip
+    assert not [r for r in every if r.info.status == "RUNNING"]
+    shown = tracker.runs(outcome.experiment_id)  # active runs only: no retired claim
+    runs = {r.info.run_id for r in shown if r.data.tags.get(Tag.ROLE) == "run"}
+    assert runs == {c.info.run_id for c in children}
+
+
 def test_children_are_named_by_verdict_and_what_varies(swept):
     _, uri, outcome, _ = swept
     for child in Tracker(uri).children(outcome.experiment_id, "FINISHED"):

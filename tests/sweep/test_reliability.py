@@ -140,24 +140,31 @@ def test_failed_runs_exit_with_status_1_and_a_tally(tmp_path):
 
 
 def test_a_child_whose_artifacts_cannot_be_written_fails_alone(tmp_path):
+    """The artifact root is a file while the second result is logged (moved back after it):
+    that child fails, with the error, and the sweep goes on."""
     spec = _spec(tmp_path, "art", "base: {n_samples: 100, width: 4, depth: 2, steps: 5}\n"
                  "parameters:\n  activation: {values: [tanh, relu, sigmoid]}\n")  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     tracker = Tracker(uri)
-    art = tmp_path / "art"
+    art, aside = tmp_path / "art", tmp_path / "art.aside"
     exp = tracker.client.create_experiment("bpdiag-art", artifact_location=str(art))
-    blocked = []
+    seen = []
 
-    def block_one(outcome, n_todo):  # a file where one claimed child's artifact folder goes
-        victim = sorted(r.info.run_id for r in tracker.children(exp, "RUNNING"))[0]
-        art.mkdir(exist_ok=True)
-        (art / victim).write_text("in the way")
-        blocked.append(victim)
+    def in_the_way(result):  # called after each result is logged, in the driver
+        seen.append(result)
+        if len(seen) == 1:  # a file where the next child's artifact folder goes
+            art.rename(aside)
+            art.write_text("in the way")
+        elif len(seen) == 2:
+            art.unlink()
+            aside.rename(art)
 
-    outcome = run_sweep(spec, tracking_uri=uri, workers=1, on_start=block_one)
+    outcome = run_sweep(spec, tracking_uri=uri, workers=1, on_result=in_the_way)
     assert outcome.failed == 1 and outcome.finished == 2
-    victim = tracker.client.get_run(blocked[0])
+    assert [r.status for r in seen] == ["FINISHED", "FAILED", "FINISHED"]
+    (victim,) = tracker.runs(exp, f"tags.`{Tag.RUN_KEY}` = '{seen[1].run_key}'")
     assert victim.info.status == "FAILED" and "Traceback" in victim.data.tags[Tag.ERROR]
+    assert len(tracker.children(exp, "FINISHED")) == 2 and not tracker.children(exp, "RUNNING")
     assert tracker.client.get_run(outcome.parent_run_id).info.status == "FINISHED"
 
 
