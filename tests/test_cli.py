@@ -79,21 +79,25 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_is_not_lost():
     assert signal.getsignal(signal.SIGINT) == before  # restored
 
 
-def test_a_ctrl_c_after_the_interrupted_line_keeps_the_status():
-    """A second Ctrl-C that lands once the interrupted sweep said so, while Python shuts down,
-    exits with the same status at once (it killed the process by SIGINT: status -2)."""
+def _python(*lines: str):
+    """A fresh Python process running ``lines``; its status and output."""
     import subprocess
     import sys
 
-    script = ("import os, signal, time\n"
-              "from bpdiag import cli\n"
-              "try:\n"
-              "    cli._interrupted('interrupted', 130)\n"
-              "finally:\n"
-              "    os.kill(os.getpid(), signal.SIGINT)\n"
-              "    time.sleep(5)\n")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    return subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def test_a_ctrl_c_after_the_interrupted_line_keeps_the_status():
+    """A second Ctrl-C that lands once the interrupted sweep said so, while Python shuts down,
+    exits with the same status at once (it killed the process by SIGINT: status -2)."""
+    done = _python("import os, signal, time",
+                   "from bpdiag import cli",
+                   "try:",
+                   "    cli._interrupted('interrupted', 130)",
+                   "finally:",
+                   "    os.kill(os.getpid(), signal.SIGINT)",
+                   "    time.sleep(5)")  # fmt: skip
     assert done.returncode == 130, done.stderr[-2000:]
     assert done.stderr.strip() == "error: interrupted", done.stderr[-2000:]
 
@@ -101,20 +105,15 @@ def test_a_ctrl_c_after_the_interrupted_line_keeps_the_status():
 def test_a_ctrl_c_while_python_tears_down_keeps_the_status():
     """A Ctrl-C once the command has ended, while Python tears its modules down (after it
     dropped its signal handlers), leaves the command's status (it killed it by SIGINT)."""
-    import subprocess
-    import sys
-
-    script = ("import os, signal, sys, time\n"
-              "class Late:\n"
-              "    def __del__(self):  # runs as __main__ is torn down\n"
-              "        os.kill(os.getpid(), signal.SIGINT)\n"
-              "        time.sleep(2)\n"
-              "late = Late()\n"
-              "sys.argv = ['bpdiag', '--version']\n"
-              "from bpdiag._entry import main\n"
-              "main()\n")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    done = _python("import os, signal, sys, time",
+                   "class Late:",
+                   "    def __del__(self):  # runs as __main__ is torn down",
+                   "        os.kill(os.getpid(), signal.SIGINT)",
+                   "        time.sleep(2)",
+                   "late = Late()",
+                   "sys.argv = ['bpdiag', '--version']",
+                   "from bpdiag._entry import main",
+                   "main()")  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
 
 
