@@ -356,8 +356,10 @@ class Tracker:
             params = [Param(k, v) for k, v in claim.data.params.items()]
             self.client.log_batch(child, params=params)
             self._log_child(child, result, name)
-        except BaseException:
-            try:  # best effort: the store may be what failed
+        except BaseException as err:
+            try:  # best effort: the store may be what failed; none left RUNNING, even deleted
+                self.client.set_terminated(child, "FAILED" if isinstance(err, Exception)
+                                           else "KILLED")  # fmt: skip
                 self.client.delete_run(child)
             except Exception:
                 pass

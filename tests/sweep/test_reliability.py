@@ -142,6 +142,8 @@ def test_failed_runs_exit_with_status_1_and_a_tally(tmp_path):
 def test_a_child_whose_artifacts_cannot_be_written_fails_alone(tmp_path):
     """The artifact root is a file while the second result is logged (moved back after it):
     that child fails, with the error, and the sweep goes on."""
+    from mlflow.entities import ViewType
+
     spec = _spec(tmp_path, "art", "base: {n_samples: 100, width: 4, depth: 2, steps: 5}\n"
                  "parameters:\n  activation: {values: [tanh, relu, sigmoid]}\n")  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'm.db'}"
@@ -165,6 +167,8 @@ def test_a_child_whose_artifacts_cannot_be_written_fails_alone(tmp_path):
     (victim,) = tracker.runs(exp, f"tags.`{Tag.RUN_KEY}` = '{seen[1].run_key}'")
     assert victim.info.status == "FAILED" and "Traceback" in victim.data.tags[Tag.ERROR]
     assert len(tracker.children(exp, "FINISHED")) == 2 and not tracker.children(exp, "RUNNING")
+    every = tracker.client.search_runs([exp], run_view_type=ViewType.ALL)  # deleted runs too
+    assert not [r for r in every if r.info.status == "RUNNING"]
     assert tracker.client.get_run(outcome.parent_run_id).info.status == "FINISHED"
 
 
