@@ -14,8 +14,7 @@ from bpdiag.schema import SUMMARY, log10
 from bpdiag.sweep.compare import varying_axes
 
 NOTE = "mlflow.note.content"
-_VERDICT = next(s for s in SUMMARY if s.name == "delta_ratio_median")
-VERDICT_KEY, VERDICT_LOG10_KEY = _VERDICT.key, _VERDICT.log10_key
+VERDICT_LOG10_KEY = next(s for s in SUMMARY if s.name == "delta_ratio_median").log10_key
 
 
 def _reading(th: Thresholds) -> str:

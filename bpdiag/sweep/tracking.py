@@ -437,17 +437,16 @@ class Tracker:
             if value is not None and math.isfinite(value):
                 out.append(Metric(key, float(value), now, int(step)))
 
-        cut = result.summary.get("diverged_step", -1.0)
-        diverged = cut is not None and cut >= 0
+        diverged = _diverged_step(result) is not None
         if result.steps is not None:
             clipping = result.config.clip != "none"
-            steps = result.steps[result.steps["step"] < cut] if diverged else result.steps
+            steps = _before_divergence(result.steps, result)
             for series in STEP_SERIES:
                 if series.key and (clipping or not series.clipped_only):
                     for step, value in zip(steps["step"], steps[series.column], strict=True):
                         for key in series.keys:
                             add(key, value, step)
-            layers = result.layers[result.layers["step"] < cut] if diverged else result.layers
+            layers = _before_divergence(result.layers, result)
             depth = int(result.layers["layer"].max())
             records = np.sort(layers["step"].unique())
             if len(records):
@@ -545,10 +544,7 @@ def depth_profiles(result: RunResult) -> pd.DataFrame:
     """The layer series at the records of ``schema.PROFILE_AT`` (before a divergence): one row
     per (when, layer), with the record's step; a run's ``depth_profile.csv``, which MLflow's
     artifact view shows as a table (it has no preview of ``layers.parquet``)."""
-    layers = result.layers
-    cut = result.summary.get("diverged_step", -1.0)
-    if cut is not None and cut >= 0:
-        layers = layers[layers["step"] < cut]
+    layers = _before_divergence(result.layers, result)
     records = np.sort(layers["step"].unique())
     if not len(records):
         return layers.assign(when=[]).iloc[:0]
@@ -569,6 +565,19 @@ def _config_of(params: dict[str, str]) -> dict[str, object]:
         return RunConfig(**{k: None if v == "None" else v for k, v in params.items()}).model_dump()
     except ValidationError:
         return dict(params)
+
+
+def _diverged_step(result: RunResult) -> float | None:
+    """The run's ``diverged_step``, or None where it did not diverge."""
+    step = result.summary.get("diverged_step", -1.0)
+    return step if step is not None and step >= 0 else None
+
+
+def _before_divergence(records: pd.DataFrame, result: RunResult) -> pd.DataFrame:
+    """The records (a ``steps`` or ``layers`` table) before the run diverged: after it the
+    numbers overflowed (1e266, ±inf) and would read as values."""
+    step = _diverged_step(result)
+    return records if step is None else records[records["step"] < step]
 
 
 def _json_numbers(values: dict[str, float]) -> dict[str, float | str | None]:
