@@ -202,9 +202,16 @@ class Tracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
-        return (
-            self.client.create_experiment(name, tags={Tag.VERSION: _version()}) if create else None
-        )
+        from mlflow.exceptions import MlflowException
+
+        if not create:
+            return None
+        try:
+            return self.client.create_experiment(name, tags={Tag.VERSION: _version()})
+        except MlflowException as e:  # another sweep created it a moment ago
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.experiment_id(name, create=False)
 
     def runs(self, experiment_id: str, filter_string: str = "") -> list:
         """All runs matching the filter (every page)."""

@@ -109,6 +109,22 @@ def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path):
     assert len({out.strip().splitlines()[-1] for out, _ in outs}) == 1  # one experiment
 
 
+def test_an_experiment_created_by_another_sweep_a_moment_ago_is_shared(tmp_path):
+    """Two sweeps of one spec look the experiment up, find none, and both create it."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    ours, theirs = Tracker(uri), Tracker(uri)
+    look_up = ours.client.get_experiment_by_name
+
+    def look_up_then_lose_the_race(name):
+        found = look_up(name)
+        theirs.experiment_id(name)  # the other sweep creates it between our look-up and ours
+        return found
+
+    ours.client.get_experiment_by_name = look_up_then_lose_the_race
+    exp_id = ours.experiment_id("bpdiag-race")
+    assert exp_id == theirs.experiment_id("bpdiag-race", create=False) is not None
+
+
 def test_artifacts_that_cannot_be_written_fail_before_any_run_is_made(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
