@@ -2,7 +2,8 @@
 
 - **Step series**: one value per record (``History.steps`` columns; MLflow step metrics).
 - **Layer series**: one value per record and layer (``History.layers`` columns, every one in
-  the ``layers.parquet`` artifact; a few as MLflow metrics ``<key>/layer_NN``, downsampled).
+  the ``layers.parquet`` artifact; a few as MLflow metrics ``layer/<name>/NN`` for a few
+  layers, downsampled).
 - **Run scalars**: one value per run (``History.summary``; the verdict's evidence is a subset;
   MLflow summary metrics, logged once each under the same name).
 - **Timings** and the **sweep's counts**: MLflow metrics of a child and of a parent run.
@@ -25,18 +26,18 @@ class Series:
     """A recorded column: ``History.steps`` (per record) or ``History.layers`` (per layer)."""
 
     column: str  # the kernel's slot name = the History column
-    key: str | None  # MLflow metric key (per layer: the prefix of key/layer_NN); None: not logged
+    key: str | None  # MLflow metric key (per layer: the prefix of key/NN); None: not logged
     doc: str
     clipped_only: bool = False  # logged only when clipping is on (else it repeats ‖g‖ or 1)
-    also: str | None = None  # a second key: batch/… charts near the top of MLflow's view
+    also: str | None = None  # a second key: the batch/… copy charts near the top of MLflow's view
 
     @property
     def keys(self) -> tuple[str, ...]:
         return tuple(k for k in (self.key, self.also) if k)
 
     def layer_key(self, layer: int, depth: int) -> str:
-        """'grad_norm/layer_07': zero-padded so that the keys sort by layer."""
-        return f"{self.key}/layer_{layer:0{max(2, len(str(depth)))}d}"
+        """'layer/grad_norm/07': zero-padded so that the keys sort by layer."""
+        return f"{self.key}/{layer:0{max(2, len(str(depth)))}d}"
 
 
 def _series(names: tuple[str, ...], *entries: Series) -> tuple[Series, ...]:
@@ -53,22 +54,23 @@ STEP_SERIES = _series(
     Series("loss", "loss", "batch-mean training loss of the step's minibatch", also="batch/loss"),
     Series("accuracy", "accuracy", "accuracy on the step's minibatch (NaN for mse)",
            also="batch/accuracy"),
-    Series("grad_norm_total", "grad_norm/total", "‖∂L/∂θ‖ over all parameters (W, b; γ, β where normalized), before"
-           " clipping", also="batch/grad_norm"),
-    Series("grad_norm_total_clipped", "grad_norm/total_clipped", "the same after clipping",
+    Series("grad_norm_total", "batch/grad_norm", "‖∂L/∂θ‖ over all parameters (W, b; γ, β where"
+           " normalized), before clipping"),
+    Series("grad_norm_total_clipped", "batch/grad_norm_clipped", "the same after clipping",
            clipped_only=True),
-    Series("clip_coef", "clip_coef", "clipped norm / norm (1: not clipped)", clipped_only=True),
+    Series("clip_coef", "batch/clip_coef", "clipped norm / norm (1: not clipped)",
+           clipped_only=True),
 )  # fmt: skip
 
 LAYER_SERIES = _series(
     slots.LAYER_SLOTS,
-    Series("grad_norm_W", "grad_norm", "‖∂L/∂W_l‖, before clipping"),
+    Series("grad_norm_W", "layer/grad_norm", "‖∂L/∂W_l‖, before clipping"),
     Series("grad_norm_b", None, "‖∂L/∂b_l‖, before clipping"),
     Series("grad_norm_W_clipped", None, "‖∂L/∂W_l‖ after clipping"),
-    Series("delta_rms", "delta_rms", "RMS over the batch of ‖∂ℓ_i/∂z_l‖, the error signal (z_l:"
+    Series("delta_rms", "layer/delta_rms", "RMS over the batch of ‖∂ℓ_i/∂z_l‖, the error signal (z_l:"
            " before the normalization)"),
     Series("weight_norm", None, "‖W_l‖ before the step's update"),
-    Series("update_ratio", "update_ratio", "‖ΔW_l‖ / ‖W_l‖ of the step's update"),
+    Series("update_ratio", "layer/update_ratio", "‖ΔW_l‖ / ‖W_l‖ of the step's update"),
     Series("act_mean", None, "mean of a_l over the batch and units"),
     Series("act_std", None, "standard deviation of a_l over the batch and units"),
     Series("frac_saturated", None, "hidden sigmoid h < 0.01 or > 0.99, tanh |h| > 0.99, h = φ(·)"
@@ -80,6 +82,15 @@ LAYER_SERIES = _series(
     Series("delta_rms_normed", None, "RMS over the batch of ‖∂ℓ_i/∂u_l‖ after the normalization"),
 )  # fmt: skip
 LAYER_POINTS = 50  # records per per-layer MLflow series (every record is in layers.parquet)
+LAYER_CHARTS = 8  # layers with MLflow series: the first, the last, evenly between
+
+
+def charted_layers(depth: int) -> list[int]:
+    """The layers (1..depth) whose series go to MLflow: all of a shallow net's; of a deep
+    net's, ``LAYER_CHARTS`` evenly spaced from the input to the output (the depth profiles
+    and ``layers.parquet`` have every layer)."""
+    picks = [round(1 + i * (depth - 1) / (LAYER_CHARTS - 1)) for i in range(LAYER_CHARTS)]
+    return sorted(set(picks)) if depth > LAYER_CHARTS else list(range(1, depth + 1))
 
 
 @dataclass(frozen=True)
@@ -89,18 +100,20 @@ class Profile:
     Logged as log10 (a vanishing net spans 18 decades) at a few records (``PROFILE_AT``).
 
     MLflow's chart view puts a key's part before its last "/" as a section and orders the
-    sections alphabetically (metrics without one last): ``across_depth/…`` comes first."""
+    sections alphabetically (metrics without one last): ``batch/…``, ``depth/…``,
+    ``layer/…``, ``summary/…``, ``time/…``; keys stay short enough (≤ 28 characters) that the
+    chart view's titles keep the part that tells them apart."""
 
     column: str  # a ``LAYER_SERIES`` column
-    name: str  # across_depth/<name>/<when>
+    name: str  # depth/<name>/<when>
 
     def key(self, when: str) -> str:
-        return f"across_depth/{self.name}/{when}"
+        return f"depth/{self.name}/{when}"
 
 
 PROFILES = (
-    Profile("delta_rms", "log10_delta_rms"),
-    Profile("grad_norm_W", "log10_grad_norm"),
+    Profile("delta_rms", "log10_delta"),
+    Profile("grad_norm_W", "log10_grad"),
 )
 # Where the profiles are taken: the first record, fractions of the way, the last record
 # (numbered, so that MLflow's alphabetical order of charts is the order in time).
@@ -110,8 +123,7 @@ PROFILE_AT = (("0_init", 0.0), ("1_quarter", 0.25), ("2_half", 0.5), ("3_end", 1
 @dataclass(frozen=True)
 class Scalar:
     """One number per run: a ``History.summary`` key, logged to MLflow once as
-    ``summary/<group>/<name>`` (sections of MLflow's charts after the step series but
-    ``update_ratio/…``, which sorts later)."""
+    ``summary/<group>/<name>`` (sections of MLflow's charts after the step series)."""
 
     name: str
     group: str  # outcome | verdict | flow | theory | cost

@@ -59,18 +59,20 @@ def test_mlflow_keys_are_unique_and_every_logged_key_is_declared(history):
     keys += [p.key(when) for p in schema.PROFILES for when, _ in schema.PROFILE_AT]
     prefixes = [s.key for s in schema.LAYER_SERIES if s.key]
     assert len(keys) == len(set(keys)) and len(prefixes) == len(set(prefixes))
-    assert not [k for k in keys for p in prefixes if k.startswith(f"{p}/layer_")]
+    layer_keys = [s.layer_key(1, 3) for s in schema.LAYER_SERIES if s.key]
+    assert not set(keys) & set(layer_keys)
     # MLflow's chart view: sections (a key's part before its last "/") in alphabetical order,
-    # keys without one last; the depth profiles, then the batch curves, then the step series
-    # of the layers come before any one-number summary (update_ratio/… sorts after them)
-    layer_sections = [p for p in prefixes if p != "update_ratio"]
-    sections = sorted({k.rsplit("/", 1)[0] for k in keys + [f"{p}/layer_01" for p in prefixes]
-                       if "/" in k})  # fmt: skip
+    # keys without one last; the batch curves, the depth profiles and the step series of the
+    # layers come before any one-number summary
+    sections = sorted({k.rsplit("/", 1)[0] for k in keys + layer_keys if "/" in k})
     summary_sections = {k.rsplit("/", 1)[0] for k in summary_keys}
-    assert sections[:3] == ["across_depth/log10_delta_rms", "across_depth/log10_grad_norm",
-                            "batch"]  # fmt: skip
+    assert sections[:3] == ["batch", "depth/log10_delta", "depth/log10_grad"]
     first_summary = min(sections.index(x) for x in summary_sections)
-    assert max(sections.index(x) for x in layer_sections) < first_summary
+    assert max(sections.index(k.rsplit("/", 1)[0]) for k in layer_keys) < first_summary
+    # the chart view cuts titles at about 24 characters: what tells a section's charts apart
+    # (the part after its last "/") starts within them
+    longest = max(len(k.rsplit("/", 1)[0]) for k in keys + layer_keys)
+    assert longest <= 20, longest
 
     d = history.diagnosis
     result = RunResult(RunConfig(depth=3, width=8, clip="norm", clip_value=0.5), "FINISHED",
@@ -128,10 +130,37 @@ def test_the_inverse_depth_scale_is_finite_at_criticality():
 
 def test_layer_keys_sort_by_layer():
     series = schema.LAYER_SERIES[0]
-    assert series.layer_key(7, 30) == "grad_norm/layer_07"
-    assert series.layer_key(7, 120) == "grad_norm/layer_007"
+    assert series.layer_key(7, 30) == "layer/grad_norm/07"
+    assert series.layer_key(7, 120) == "layer/grad_norm/007"
     keys = [series.layer_key(layer, 120) for layer in range(1, 121)]
     assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 7, 8, 9, 30, 100])
+def test_charted_layers_are_the_first_the_last_and_evenly_between(depth):
+    layers = schema.charted_layers(depth)
+    assert layers[0] == 1 and layers[-1] == depth and layers == sorted(set(layers))
+    assert len(layers) == min(depth, schema.LAYER_CHARTS)
+    gaps = np.diff(layers)
+    assert len(gaps) == 0 or gaps.max() - gaps.min() <= 1
+
+
+def test_a_deep_net_charts_a_few_layers_and_profiles_every_one():
+    from bpdiag.sweep.config import RunConfig
+    from bpdiag.sweep.execute import RunResult
+    from bpdiag.sweep.tracking import Tracker
+
+    X, Y = make_problem("bce", m=16, n_out=1)
+    hist = train(MLP([5] + [6] * 11 + [1], seed=2), X, Y, steps=3, record_every=1)
+    result = RunResult(RunConfig(depth=12, width=6), "FINISHED", summary={},
+                       steps=hist.steps, layers=hist.layers)  # fmt: skip
+    metrics = Tracker.metrics(result)
+    charted = schema.charted_layers(12)
+    for series in (s for s in schema.LAYER_SERIES if s.key):
+        logged = {m.key for m in metrics if m.key.startswith(series.key + "/")}
+        assert logged == {series.layer_key(layer, 12) for layer in charted}
+    profile = schema.PROFILES[0].key("0_init")
+    assert sorted(m.step for m in metrics if m.key == profile) == list(range(1, 13))
 
 
 def test_a_diverged_run_logs_nothing_from_its_divergence_on(history):

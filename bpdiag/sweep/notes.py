@@ -39,10 +39,10 @@ def experiment_note(spec, runs: list, th: Thresholds | None = None) -> str:
         "Each invocation of the sweep is a parent run; expand it for one child per configuration, "
         "named `[verdict] what varies · seed`. " + _reading(th or Thresholds()),
         "",
-        "A child's charts, in MLflow's order: `across_depth/log10_delta_rms/0_init` … `/3_end` "
-        "have the **layer index as step** (the error signal across depth at init, ¼, ½ and "
-        "the end of training); `batch/…` (loss, accuracy, gradient norm), `delta_rms/…`, "
-        "`grad_norm/…` are series over training steps; then `summary/…`, one number each.",
+        "A child's charts, in MLflow's order: `batch/…` (loss, accuracy, gradient norm) over "
+        "training steps; `depth/log10_delta/0_init` … `/3_end` with the **layer index as "
+        "step** (the error signal across depth at init, ¼, ½ and the end of training); "
+        "`layer/…`, a few layers' series over steps; then `summary/…`, one number each.",
     ]
     return "\n".join(lines)
 

@@ -4,8 +4,8 @@ What is written is declared in ``bpdiag.schema``:
 - params: every RunConfig field by name; tags ``schema.Tag``, the notes (``notes``), the run's
   name ``[verdict] what varies · seed`` and its data set as an input;
 - step metrics at the record cadence (``schema.STEP_SERIES`` with a key), per-layer series
-  downsampled to ``schema.LAYER_POINTS`` records (``schema.LAYER_SERIES`` with a key, as
-  ``<key>/layer_NN``), depth profiles with step = layer (``schema.PROFILES``), the run's
+  downsampled to ``schema.LAYER_POINTS`` records for the layers ``schema.charted_layers``
+  picks (``schema.LAYER_SERIES`` with a key, as ``<key>/NN``), depth profiles with step = layer (``schema.PROFILES``), the run's
   summary once (``schema.SUMMARY``) and its timings; finite values only, a diverged run's
   series cut before its ``diverged_step``;
 - artifacts: ``gradient_flow.png``, ``grad_norm_vs_depth.png``, ``layers.parquet`` (every
@@ -49,6 +49,7 @@ from bpdiag.schema import (
     STEP_SERIES,
     SUMMARY,
     Tag,
+    charted_layers,
     log10,
     timing_key,
     verdict_count_key,
@@ -458,7 +459,10 @@ class Tracker:
             records = np.sort(layers["step"].unique())
             if len(records):
                 picks = np.linspace(0, len(records) - 1, LAYER_POINTS).round().astype(int)
-                kept = layers[layers["step"].isin(records[np.unique(picks)])]
+                kept = layers[
+                    layers["step"].isin(records[np.unique(picks)])
+                    & layers["layer"].isin(charted_layers(depth))
+                ]
                 for series in LAYER_SERIES:
                     if series.key:
                         for step, layer, value in zip(kept["step"], kept["layer"],

@@ -83,12 +83,12 @@ def test_store_holds_children_with_the_schema(swept):
         assert tags[Tag.BLAS].split()[0] in ("mkl", "openblas")  # the GEMM library that ran
         assert set(params) == set(RUN_FIELDS)
         depth = int(params["depth"])
-        for key in ("loss", "accuracy", "grad_norm/total", "summary/outcome/final_loss",
+        for key in ("loss", "accuracy", "batch/grad_norm", "summary/outcome/final_loss",
                     "summary/outcome/test_accuracy", "summary/flow/grad_ratio_first_last",
                     "summary/flow/log10_grad_ratio_first_last", "summary/flow/decay_per_layer",
                     "summary/theory/chi1_theory", "summary/verdict/log10_delta_ratio_median",
-                    "across_depth/log10_delta_rms/0_init", "batch/loss",
-                    f"grad_norm/layer_{depth:02d}", "delta_rms/layer_01", "update_ratio/layer_01"):  # fmt: skip
+                    "depth/log10_delta/0_init", "depth/log10_grad/3_end", "batch/loss",
+                    f"layer/grad_norm/{depth:02d}", "layer/delta_rms/01", "layer/update_ratio/01"):  # fmt: skip
             assert key in metrics, key
         assert len(metrics) < 300  # the UI slows down past the low hundreds
         artifacts = {a.path for a in tracker.client.list_artifacts(child.info.run_id)}
@@ -106,7 +106,7 @@ def test_step_series_and_full_resolution_parquet(swept):
     layers = pd.read_parquet(path)
     depth = int(child.data.params["depth"])
     assert len(layers) == 9 * depth and set(layers["layer"]) == set(range(1, depth + 1))
-    per_layer = tracker.client.get_metric_history(child.info.run_id, "delta_rms/layer_01")
+    per_layer = tracker.client.get_metric_history(child.info.run_id, "layer/delta_rms/01")
     assert [m.value for m in per_layer] == pytest.approx(
         list(layers[layers.layer == 1]["delta_rms"])
     )
