@@ -523,13 +523,12 @@ def compare(experiment, by, metric, use_all, plot, tracking_uri) -> None:
     t = Table(title=f"{experiment}: {metric} by {', '.join(axes)}")
     counts = [c for c in table.columns if c not in (*axes, "n", "mean", "std")]
     for col in axes:
-        t.add_column(str(col))
+        t.add_column(str(col), no_wrap=True)
     t.add_column(f"{metric} (mean ± std)", justify="right", no_wrap=True)
-    for col in counts:
-        t.add_column(str(col), justify="right", style=VERDICT_STYLE.get(str(col), ""))
+    t.add_column("verdicts")  # one column, so that the table fits 80 columns
     for _, row in table.iterrows():
-        t.add_row(*(str(row[c]) for c in axes), _mean_std(row),
-                  *(str(int(row[c])) for c in counts))  # fmt: skip
+        verdicts = " · ".join(_styled(f"{int(row[c])} {c}", str(c)) for c in counts if row[c])
+        t.add_row(*(str(row[c]) for c in axes), _mean_std(row), verdicts)
     console.print(t)
     if "diverged" in table and table["diverged"].gt(0).any():
         console.print(f"(a diverged run has no {metric}: its loss overflowed; the mean is over "
@@ -551,6 +550,11 @@ def compare(experiment, by, metric, use_all, plot, tracking_uri) -> None:
             fig = figures.metric_bars(table, axes, metric)
         save(fig, plot)
         console.print(f"wrote {plot}")
+
+
+def _styled(text: str, label: str) -> str:
+    style = VERDICT_STYLE.get(label)
+    return f"[{style}]{text}[/{style}]" if style else text
 
 
 MAX_COMPARED = 20  # runs on one MLflow compare page (its URL names each; the page grows slow)
