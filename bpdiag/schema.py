@@ -148,7 +148,7 @@ class Scalar:
         if self.scale == "inverse":
             values = (1.0 / value if value else math.inf,)
         else:
-            values = (value, log10(value)) if self.scale == "log10" else (value,)
+            values = (value, log10_logged(value)) if self.scale == "log10" else (value,)
         pairs = dict(zip(self.keys, values, strict=True))
         return {k: float(v) for k, v in pairs.items() if v is not None and math.isfinite(v)}
 
@@ -175,6 +175,16 @@ class Scalar:
 def log10(value: float) -> float:
     """log10 of a positive number; NaN otherwise (a NaN is not logged)."""
     return math.log10(value) if value > 0 else math.nan
+
+
+LOG10_OF_ZERO = -324.0  # below log10 of the smallest positive double (4.9e-324 ≈ 10^-323.3)
+
+
+def log10_logged(value: float) -> float:
+    """The ``summary/…/log10_…`` metric of ``value``: its log10, and ``LOG10_OF_ZERO`` for an
+    exact 0 (an error signal that died out before layer 1 still gets the number the verdict
+    reads, below every finite ratio); NaN (not logged) for a negative or NaN value."""
+    return LOG10_OF_ZERO if value == 0 else log10(value)
 
 
 SUMMARY = (

@@ -183,3 +183,11 @@ def test_a_diverged_run_logs_nothing_from_its_divergence_on(history):
         scalar = next(s for s in schema.SUMMARY if s.name == name)
         assert not keys & set(scalar.keys), name
     assert "summary/outcome/diverged_step" in keys and "summary/outcome/loss_init" in keys
+
+
+def test_a_ratio_of_exactly_zero_still_logs_the_log10_the_verdict_reads():
+    ratio = next(s for s in schema.SUMMARY if s.name == "delta_ratio_median")
+    assert ratio.mlflow(0.0) == {ratio.key: 0.0, ratio.log10_key: schema.LOG10_OF_ZERO}
+    assert schema.LOG10_OF_ZERO < np.log10(np.nextafter(0.0, 1.0))  # below every positive double
+    assert ratio.mlflow(1e-3)[ratio.log10_key] == pytest.approx(-3.0)
+    assert ratio.mlflow(float("nan")) == {} and ratio.log10_key not in ratio.mlflow(-1.0)

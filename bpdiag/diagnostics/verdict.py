@@ -163,6 +163,8 @@ def diagnose(history, thresholds: Thresholds | None = None, **overrides: float) 
     else:
         median = (
             f"the error signal at layer 1 is {ratio:.3g}× that at layer L (median over training)"
+            if ratio != 0
+            else "no error signal reaches layer 1 (RMS‖δ₁‖ is exactly 0 over most of training)"
         )
         if ratio > th.exploding_ratio:
             label, reason = "exploding", f"{median}, above {th.exploding_ratio:g}"

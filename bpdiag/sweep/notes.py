@@ -10,7 +10,7 @@ import math
 import pandas as pd
 
 from bpdiag.diagnostics.verdict import Thresholds
-from bpdiag.schema import SUMMARY, log10
+from bpdiag.schema import LOG10_OF_ZERO, SUMMARY, log10
 from bpdiag.sweep.compare import varying_axes
 
 NOTE = "mlflow.note.content"
@@ -56,7 +56,7 @@ def child_note(result, th: Thresholds | None = None) -> str:
     lines = [
         f"**{result.label}**: {result.reason}.",
         "",
-        f"`{VERDICT_LOG10_KEY}` = {_fmt(log10(ratio))}. " + _reading(th or Thresholds()),
+        f"`{VERDICT_LOG10_KEY}` = {_fmt_log10(ratio)}. " + _reading(th or Thresholds()),
         "",
         "| evidence | value |",
         "| --- | ---: |",
@@ -80,7 +80,7 @@ def parent_note(table: pd.DataFrame, paths: dict[str, str], figures: list[str],
     for name in figures:
         lines += [f"![{name}](get-artifact?path={name}&run_uuid={parent_id})", ""]
     ratio = table.get("delta_ratio_median", pd.Series(math.nan, index=table.index))
-    spread = ratio.map(lambda r: abs(log10(r)) if r == r and r > 0 else -1.0)
+    spread = ratio.map(lambda r: math.inf if r == 0 else abs(log10(r)) if r > 0 else -1.0)
     worst = table.assign(_spread=spread).sort_values("_spread", ascending=False).head(5)
     if len(worst):
         lines += [f"Furthest from healthy (by `{VERDICT_LOG10_KEY}`):", ""]
@@ -88,9 +88,15 @@ def parent_note(table: pd.DataFrame, paths: dict[str, str], figures: list[str],
             where = paths.get(row["run_id"])
             name = row.get("name") or row["run_id"]
             shown = f"[{name}]({where})" if where else name
-            lines.append(f"- {shown}: {_fmt(log10(row['delta_ratio_median']))}")
+            lines.append(f"- {shown}: {_fmt_log10(row['delta_ratio_median'])}")
     lines += ["", "Every child in one table: `summary.csv` (with each run's address)."]
     return "\n".join(lines)
+
+
+def _fmt_log10(ratio: float) -> str:
+    if ratio == 0:
+        return f"−∞ (the ratio is exactly 0; logged as {LOG10_OF_ZERO:g})"
+    return _fmt(log10(ratio))
 
 
 def _fmt(value: float) -> str:

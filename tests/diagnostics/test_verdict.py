@@ -83,3 +83,16 @@ def test_test_accuracy_in_summary(spirals):
     hist = train(net, spirals.X_train, spirals.Y_train, steps=5,
                  eval_data=(spirals.X_test, spirals.Y_test))  # fmt: skip
     assert 0 <= hist.summary["test_accuracy"] <= 1
+
+
+def test_an_error_signal_that_dies_out_is_vanishing_and_says_so(spirals):
+    """A dead hidden layer near the top of a healthy ReLU net: δ below it is exactly 0, so the ratio the
+    verdict reads is 0 (its log10 would be −inf) and the reason says that in words."""
+    net = MLP([2] + [WIDTH] * 19 + [1], activation="relu", loss="bce", init="he_normal", seed=0)
+    net.set_params([(W, np.full_like(b, -50.0) if i == 17 else b)
+                    for i, (W, b) in enumerate(net.params)])  # fmt: skip
+    hist = train(net, spirals.X_train, spirals.Y_train, optimizer="sgd", lr=0.01, steps=40,
+                 batch_size=64)  # fmt: skip
+    d = hist.diagnosis
+    assert d.evidence["delta_ratio_median"] == 0.0
+    assert d.label == "vanishing" and "exactly 0" in d.reason, d.reason
