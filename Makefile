@@ -9,7 +9,7 @@ SPEC   ?= sweeps/default.yaml
 # disk); elsewhere those tests are skipped instead of fetching a multi-GB build.
 TORCH  := torch==2.13.0
 
-.PHONY: test test-slow sweep lint bench ui clean clean-cache
+.PHONY: test test-slow sweep experiment lint bench ui clean clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test-slow: $(STAMP)  # real Dask/PostgreSQL/MLflow clusters, a cold compile, the
 
 sweep: $(STAMP)
 	$(BIN)/bpdiag sweep $(SPEC) $(SWEEP_FLAGS)
+
+experiment: $(STAMP)  # make experiment NAME=he2015: one study of experiments/, then its report
+	@test -n "$(NAME)" || { echo "usage: make experiment NAME=<study> (a folder of experiments/)"; exit 2; }
+	$(BIN)/bpdiag experiment $(NAME) $(EXPERIMENT_FLAGS)
 
 ui: $(STAMP)
 	$(BIN)/bpdiag ui

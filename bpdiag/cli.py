@@ -277,14 +277,6 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
     failed), 2 for bad input, 130 on Ctrl-C and 143 on SIGTERM (the store stays consistent:
     run the same command again to resume)."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
     from rich.table import Table
 
     from bpdiag.sweep.compare import varying_axes
@@ -311,7 +303,106 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
             )
         console.print(table)
         return
+    outcome, failures = _run_sweep(console, spec, tracking_uri, scheduler, workers, rerun,
+                                   max_runs=max_runs, max_run_gib=max_run_gib, lease=lease,
+                                   store_timeout=store_timeout)  # fmt: skip
+    others = f", {outcome.by_others} finished by another sweep" if outcome.by_others else ""
+    console.print(f"[bold]{outcome.finished}[/] finished, [red]{outcome.failed}[/] failed, "
+                  f"{outcome.skipped} skipped (already in the store){others}")  # fmt: skip
+    if outcome.table is not None and not outcome.table.empty:
+        _counts_by_axis(console, outcome.table, varying_axes(outcome.table)[:4])
+    if timings:
+        _print_timings(console, outcome.timings)
+    uri = tracking_uri_of(tracking_uri)
+    make_ui = "   (or: make ui)" if uri == DEFAULT_URI else ""
+    console.print(f"\nOpen the MLflow UI:  [bold]bpdiag ui --tracking-uri {uri}[/]{make_ui}",
+                  soft_wrap=True)  # fmt: skip
+    console.print(f"then the runs table: [link={outcome.url}]{outcome.url}[/link]", soft_wrap=True)
+    console.print(
+        "and expand the sweep's parent run; filter e.g. tags.bpdiag.diagnosis = 'vanishing'"
+    )
+    _fail_if_any(failures, outcome.finished)
+
+
+def _fail_if_any(failures: list[str], finished: int) -> None:
+    """Exit 1 with a tally of the failed runs' errors, if any failed."""
+    if failures:
+        from collections import Counter
+
+        tally = "\n".join(f"  {n}× {line}" for line, n in Counter(failures).most_common(5))
+        _fail(f"{len(failures)} of {len(failures) + finished} runs failed (their "
+              f"error.txt is in the store):\n{tally}", 1)  # fmt: skip
+
+
+@main.command()
+@click.argument("name")
+@click.option("--report-only", is_flag=True, help="redraw the report from the store; no training")
+@click.option("--tiny", is_flag=True, help="a smoke version: tiny nets, few steps, one seed")
+@click.option("--dir", "root", type=click.Path(path_type=Path, file_okay=False),
+              default="experiments", show_default=True, help="the folder of the studies")  # fmt: skip
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="where report.md goes (default: DIR/NAME; with --tiny, DIR/NAME/tiny)")  # fmt: skip
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="default: sqlite:///mlflow.db")
+@click.option(
+    "--scheduler", envvar="DASK_SCHEDULER_ADDRESS", help="tcp://HOST:8786 (default: a LocalCluster)"
+)
+@click.option(
+    "--workers", type=click.IntRange(1), help="LocalCluster workers (default: one per core)"
+)
+def experiment(name, report_only, tiny, root, out, tracking_uri, scheduler, workers) -> None:
+    """Run the study NAME (experiments/NAME: its sweeps, into MLflow like any sweep), then
+    write its report.md and figures from the store, and the gallery experiments/README.md.
+
+    Runs already in the store are not trained again. Studies: glorot2010, he2015,
+    edge_of_chaos, normalization, clipping, optimizers."""
+    import time
+
+    from rich.console import Console
+
+    from bpdiag.studies import run as studies
+
+    console = Console()
+    folder = root / name
+    out = out or (folder / "tiny" if tiny else folder)
+    try:
+        specs = studies.spec_files(name, folder, tiny, out / "specs")
+    except ValueError as err:
+        _fail(str(err))
+    if not report_only:
+        t0, failures, trained_all = time.perf_counter(), [], True
+        finished = 0
+        for path in specs:
+            outcome, failed = _run_sweep(console, path, tracking_uri, scheduler, workers, False)
+            failures += failed
+            finished += outcome.finished
+            trained_all &= outcome.skipped == 0 and outcome.waiting == 0
+        _fail_if_any(failures, finished)
+        if trained_all:  # a resumed study's time would be only its last part's
+            studies.record_time(specs, time.perf_counter() - t0, tracking_uri)
+    try:
+        with console.status(f"writing the report of {name} from the store"):
+            report = studies.render(name, specs, out, tracking_uri)
+    except ValueError as err:
+        _fail(str(err), 1)
+    console.print(f"wrote [bold]{report}[/] and its figures")
+    if not tiny:
+        console.print(f"and the gallery {studies.write_gallery(root)}")
+
+
+def _run_sweep(console, spec, tracking_uri, scheduler, workers, rerun, **limits):
+    """``run_sweep`` with a progress bar; every failure becomes one line and an exit status.
+    Returns the outcome and the last line of each failed run's error."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     from bpdiag.sweep import run_sweep
+    from bpdiag.sweep.config import SpecError
     from bpdiag.sweep.tracking import StoreError
 
     # an MLflow server that stops answering mid-sweep: a failure within a minute, not ten
@@ -328,9 +419,9 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
     def on_start(outcome, n_todo):
         others = (f", {outcome.waiting} of them after another sweep that is running them now"
                   if outcome.waiting else "")  # fmt: skip
-        console.print(f"sweep [bold]{parsed.name}[/]: {len(outcome.runs)} runs, {outcome.skipped} "
-                      f"already FINISHED in {outcome.spec.experiment_name}; running {n_todo}"
-                      f"{others}")  # fmt: skip
+        console.print(f"sweep [bold]{outcome.spec.name}[/]: {len(outcome.runs)} runs, "
+                      f"{outcome.skipped} already FINISHED in {outcome.spec.experiment_name}; "
+                      f"running {n_todo}{others}")  # fmt: skip
         bar.start()
         task["id"] = bar.add_task("starting workers", total=n_todo, failed=0)
 
@@ -345,8 +436,7 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
     try:
         with _signals_as_interrupts():
             outcome = run_sweep(spec, tracking_uri, scheduler, workers, rerun, on_start,
-                                on_result, max_runs=max_runs, max_run_gib=max_run_gib,
-                                lease=lease, store_timeout=store_timeout)  # fmt: skip
+                                on_result, **limits)  # fmt: skip
     except SpecError as err:
         _fail(str(err))
     except KeyboardInterrupt as err:
@@ -362,27 +452,7 @@ def sweep(spec, tracking_uri, scheduler, workers, rerun, dry_run, timings, max_r
         _fail(f"{type(err).__name__}: {err}", 1)
     finally:
         bar.stop()
-    others = f", {outcome.by_others} finished by another sweep" if outcome.by_others else ""
-    console.print(f"[bold]{outcome.finished}[/] finished, [red]{outcome.failed}[/] failed, "
-                  f"{outcome.skipped} skipped (already in the store){others}")  # fmt: skip
-    if outcome.table is not None and not outcome.table.empty:
-        _counts_by_axis(console, outcome.table, varying_axes(outcome.table)[:4])
-    if timings:
-        _print_timings(console, outcome.timings)
-    uri = tracking_uri_of(tracking_uri)
-    make_ui = "   (or: make ui)" if uri == DEFAULT_URI else ""
-    console.print(f"\nOpen the MLflow UI:  [bold]bpdiag ui --tracking-uri {uri}[/]{make_ui}",
-                  soft_wrap=True)  # fmt: skip
-    console.print(f"then the runs table: [link={outcome.url}]{outcome.url}[/link]", soft_wrap=True)
-    console.print(
-        "and expand the sweep's parent run; filter e.g. tags.bpdiag.diagnosis = 'vanishing'"
-    )
-    if failures:
-        from collections import Counter
-
-        tally = "\n".join(f"  {n}× {line}" for line, n in Counter(failures).most_common(5))
-        _fail(f"{len(failures)} of {len(failures) + outcome.finished} runs failed (their "
-              f"error.txt is in the store):\n{tally}", 1)  # fmt: skip
+    return outcome, failures
 
 
 class _Interrupted(KeyboardInterrupt):

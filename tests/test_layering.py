@@ -16,6 +16,7 @@ PACKAGE = Path(bpdiag.__file__).parent
 LAYERS = (
     ("console script", ("bpdiag._entry",)),
     ("cli", ("bpdiag.cli",)),
+    ("studies", ("bpdiag.studies",)),
     ("sweep", ("bpdiag.sweep",)),
     ("public face", ("bpdiag.training", "bpdiag.history", "bpdiag.model", "bpdiag.gradcheck",
                      "bpdiag.hooks", "bpdiag.data", "bpdiag.blas", "bpdiag")),
@@ -33,6 +34,7 @@ THIRD_PARTY = {  # what each layer may import beyond the standard library and bp
                     "llvmlite"},
     "sweep": {"numpy", "pandas", "matplotlib", "mlflow", "distributed", "pydantic", "yaml",
               "threadpoolctl"},
+    "studies": {"numpy", "pandas", "matplotlib", "yaml"},
     "console script": set(),
     "cli": {"click", "rich", "numpy", "pandas"},
 }  # fmt: skip
