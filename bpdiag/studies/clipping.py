@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bpdiag.studies.report import OKABE_ITO, Check, Report, fmt, markdown_table
-from bpdiag.studies.store import StudyData
+from bpdiag.studies.store import StudyData, first_step_below
 
 TITLE = "Clipping an exploding net: none, value, norm, per-layer norm and AGC"
 SPECS = ("clipping.yaml",)
@@ -38,9 +38,10 @@ COLORS = dict(zip(MODES, OKABE_ITO, strict=False))
 
 def build(data: StudyData, report: Report) -> str:
     table = data.table("clipping")
-    table["strategy"] = [_strategy(r) for r in table.itertuples()]
+    base_lr = float(table["lr"].mode().iloc[0])  # the study's lr; a strategy at another says so
+    table["strategy"] = [_strategy(r, base_lr) for r in table.itertuples()]
     losses = {r.run_id: data.series(r.run_id, "loss") for r in table.itertuples()}
-    table["steps_to_target"] = [_first_below(losses[r], TARGET) for r in table["run_id"]]
+    table["steps_to_target"] = [first_step_below(losses[r], TARGET) for r in table["run_id"]]
     table["diverged"] = table["diverged_step"] >= 0
     groups = _groups(table)
 
@@ -70,11 +71,13 @@ def build(data: StudyData, report: Report) -> str:
                   "Per strategy and threshold: left, the median number of steps to reach the "
                   "target loss (over the seeds that reached it; none: did not); right, the "
                   "share of steps whose gradient the clipping changed.")  # fmt: skip
+    clipped = int((groups["clip"] != "none").sum())
+    exploding = int(((groups["clip"] != "none") & (groups["verdict"] == "exploding")).sum())
     rows = [{"strategy": g.strategy, "runs": int(g.runs), "diverged": int(g.diverged),
              "reached target": int(g.reached),
              "median steps to target": "–" if math.isnan(g.median_steps) else int(g.median_steps),
              "clip fraction": float(g.clip_fraction), "final loss (median)": float(g.final_loss),
-             "test accuracy (median)": float(g.test_accuracy)}
+             "test accuracy (median)": float(g.test_accuracy), "verdict (most seeds)": g.verdict}
             for g in groups.itertuples()]  # fmt: skip
     report.text(f"""## Results
 
@@ -83,10 +86,11 @@ Per strategy and threshold `clip_value` (five seeds; a diverged run has no final
 {markdown_table(rows)}
 
 **Reading it.** Clipping bounds the step, not the ratio of gradients across layers: the error
-signal still grows toward the input (the runs keep their *exploding* verdict in MLflow), but
-the step no longer throws the weights out of range. A threshold far below the gradient's
-typical size clips every step and turns SGD into a fixed-length step along the gradient's
-direction (norm) or its sign pattern (value); the clip fraction shows where that happens.""")
+signal still grows toward the input ({exploding} of the {clipped} clipped settings keep an
+*exploding* verdict for most seeds), but the step no longer throws the weights out of range. A
+threshold far below the gradient's typical size clips every step and turns SGD into a
+fixed-length step along the gradient's direction (norm) or its sign pattern (value); the clip
+fraction shows where that happens.{_agc_note(groups)}""")
     rescued = [g.strategy for g in groups.itertuples()
                if g.clip != "none" and g.diverged == 0 and g.reached == g.runs]  # fmt: skip
     return (f"Without clipping the exploding 20-layer ReLU net diverges in {n_div} of {n_none} "
@@ -95,15 +99,24 @@ direction (norm) or its sign pattern (value); the clip fraction shows where that
             f"the report shows at what cost in steps and how often each clips.")  # fmt: skip
 
 
-def _strategy(r) -> str:
-    if r.clip == "none":
-        return "none"
-    return f"{r.clip} {fmt(float(r.clip_value))}"
+def _agc_note(groups: pd.DataFrame) -> str:
+    """Why AGC failed here, if it did."""
+    agc = groups[groups["clip"] == "agc"]
+    if agc.empty or (agc["reached"] > 0).any():
+        return ""
+    return (
+        "\n\nAGC bounds each unit's step relative to its weights: with SGD a unit moves by at "
+        "most lr·λ of its norm per step, a thousandth or less at lr 0.01. No AGC setting "
+        "here reached the target in the steps given, not even at lr 1; Brock et al. use AGC "
+        "on normalizer-free ResNets with large batches and learning rates scaled to them, "
+        "which this small dense net does not reproduce. The AGC check is reported as not "
+        "agreeing."
+    )
 
 
-def _first_below(loss: pd.DataFrame, level: float) -> float:
-    hit = loss.loc[loss["value"] < level, "step"]
-    return float(hit.iloc[0]) if len(hit) else math.nan
+def _strategy(r, base_lr: float) -> str:
+    lr = "" if r.lr == base_lr else f" · lr {fmt(float(r.lr))}"
+    return "none" + lr if r.clip == "none" else f"{r.clip} {fmt(float(r.clip_value))}{lr}"
 
 
 def _groups(table: pd.DataFrame) -> pd.DataFrame:
@@ -111,7 +124,8 @@ def _groups(table: pd.DataFrame) -> pd.DataFrame:
     for strategy, g in table.groupby("strategy", sort=False):
         steps = g["steps_to_target"].dropna()
         rows.append({"strategy": strategy, "clip": g["clip"].iloc[0],
-                     "value": float(g["clip_value"].fillna(0).iloc[0]), "runs": len(g),
+                     "value": float(g["clip_value"].fillna(0).iloc[0]), "lr": float(g["lr"].iloc[0]),
+                     "runs": len(g), "verdict": g["label"].mode().iloc[0],
                      "diverged": int(g["diverged"].sum()), "reached": len(steps),
                      "median_steps": float(steps.median()) if len(steps) else math.nan,
                      "clip_fraction": float(g["clip_fraction"].mean()),
@@ -119,26 +133,33 @@ def _groups(table: pd.DataFrame) -> pd.DataFrame:
                      "test_accuracy": float(g["test_accuracy"].median())})  # fmt: skip
     out = pd.DataFrame(rows)
     out["order"] = out["clip"].map({m: i for i, m in enumerate(MODES)})
-    return out.sort_values(["order", "value"], ignore_index=True).drop(columns="order")
+    return out.sort_values(["order", "lr", "value"], ignore_index=True).drop(columns="order")
 
 
 def _loss_figure(table: pd.DataFrame, losses: dict) -> Figure:
     modes = [m for m in MODES if (table["clip"] == m).any()]
-    fig = Figure(figsize=(4 * len(modes), 3.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(modes), sharey=True))
+    fig = Figure(figsize=(3.6 * len(modes), 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(modes), sharey=True, sharex=True))
     for ax, mode in zip(axes, modes, strict=True):
         runs = table[table["clip"] == mode]
-        values = sorted(runs["clip_value"].fillna(0).unique())
+        strategies = list(dict.fromkeys(runs.sort_values(["lr", "clip_value"])["strategy"]))
+        styles = dict(zip(strategies, ("-", "--", ":", "-."), strict=False))
         for r in runs.itertuples():
             curve = losses[r.run_id]
-            dim = values.index(0 if pd.isna(r.clip_value) else r.clip_value)
-            style = "-" if dim == 0 else "--"
-            ax.plot(curve["step"], curve["value"], style, color=COLORS[mode], lw=0.9, alpha=0.8)
-        for i, v in enumerate(values):
-            label = "every seed" if mode == "none" else f"clip_value {fmt(float(v))}"
-            ax.plot([], [], "-" if i == 0 else "--", color=COLORS[mode], label=label)
+            ax.plot(curve["step"], curve["value"], styles.get(r.strategy, "-"),
+                    color=COLORS[mode], lw=0.9, alpha=0.8)  # fmt: skip
+        for strategy, style in styles.items():
+            label = "every seed" if strategy == "none" else strategy
+            ax.plot([], [], style, color=COLORS[mode], label=label)
+        gone = runs[runs["diverged"]]
+        if len(gone):
+            steps = ", ".join(str(int(v)) for v in sorted(gone["diverged_step"].unique()))
+            ax.text(0.5, 0.5, f"{len(gone)} of {len(runs)} seeds diverged\n(at step {steps}: no "
+                    "finite loss to draw)", transform=ax.transAxes, ha="center", fontsize=9,
+                    color="0.3")  # fmt: skip
         ax.axhline(TARGET, color="0.4", ls=":", lw=0.8)
-        ax.set(yscale="log", title=f"clip = {mode}", xlabel="training step")
+        ax.set(yscale="log", title=f"clip = {mode}", xlabel="training step",
+               xlim=(0, int(table["steps"].max())))  # fmt: skip
         ax.grid(alpha=0.3, which="both", lw=0.5)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("minibatch loss (BCE, nats)")

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bpdiag.studies.report import OKABE_ITO, Check, Report, fmt, markdown_table, within_log
-from bpdiag.studies.store import StudyData
+from bpdiag.studies.store import StudyData, at, first_step_below
 
 TITLE = "He et al. 2015: Xavier's init stalls a 30-layer ReLU net, He's init trains it"
 SPECS = ("he2015.yaml",)
@@ -39,8 +39,8 @@ def build(data: StudyData, report: Report) -> str:
     table = data.table("he2015").sort_values(["init", "seed"], ignore_index=True)
     depth, width = int(table["depth"].iloc[0]), int(table["width"].iloc[0])
     losses = {r.run_id: data.series(r.run_id, "loss") for r in table.itertuples()}
-    init_profile = {r.run_id: _at(data.profile(r.run_id), "0_init") for r in table.itertuples()}
-    table["steps_to_trained"] = [_first_below(losses[r], TRAINED) for r in table["run_id"]]
+    init_profile = {r.run_id: at(data.profile(r.run_id), "0_init") for r in table.itertuples()}
+    table["steps_to_trained"] = [first_step_below(losses[r], TRAINED) for r in table["run_id"]]
 
     stalls = table[table["init"] == "xavier_normal"]
     trains = table[table["init"] == "he_normal"]
@@ -143,26 +143,17 @@ def _exact_rows(exact: pd.DataFrame) -> list[dict]:
 
 def _row(r) -> dict:
     return {"init": r.init, "seed": int(r.seed), "verdict": r.label,
-            "final loss": float(r.final_loss), "steps to ½ ln 2": r.steps_to_trained,
+            "final loss": float(r.final_loss), "steps to ½ ln 2": "never" if math.isnan(r.steps_to_trained) else int(r.steps_to_trained),
             "δ factor per layer": float(r.decay_per_layer),
             "δ factor, theory": float(r.decay_per_layer_theory),
             "δ_1/δ_L at init": float(r.grad_ratio_first_last),
             "δ_1/δ_L, theory": float(r.grad_ratio_first_last_theory)}  # fmt: skip
 
 
-def _at(profile: pd.DataFrame, when: str) -> pd.DataFrame:
-    return profile[profile["when"] == when].sort_values("layer")
-
-
-def _first_below(loss: pd.DataFrame, level: float) -> int | str:
-    hit = loss.loc[loss["value"] < level, "step"]
-    return int(hit.iloc[0]) if len(hit) else "never"
-
-
 def _update_ratio(table: pd.DataFrame, profiles: dict) -> float:
     def median(init: str) -> float:
         runs = table.loc[table["init"] == init, "run_id"]
-        values = [profiles[r]["update_ratio"].iloc[1:-1].median() for r in runs]
+        values = [profiles[r]["update_ratio"].iloc[1:-1].median() for r in runs]  # hidden
         return float(np.median(values))
 
     return median("xavier_normal") / median("he_normal")
@@ -179,9 +170,9 @@ def _figure(table, losses, profiles, depth: int) -> Figure:
             ax_loss.plot(curve["step"], curve["value"], color=COLORS[init], lw=1, alpha=0.8,
                          label=label)  # fmt: skip
             prof = profiles[r.run_id]
-            ax_delta.plot(prof["layer"], prof["delta_rms"], color=COLORS[init], lw=1,
+            ax_delta.plot(prof.index, prof["delta_rms"], color=COLORS[init], lw=1,
                           marker=".", label=label)  # fmt: skip
-            ax_update.plot(prof["layer"], prof["update_ratio"], color=COLORS[init], lw=1,
+            ax_update.plot(prof.index, prof["update_ratio"], color=COLORS[init], lw=1,
                            marker=".", label=label)  # fmt: skip
         factor = 2**-0.5 if init == "xavier_normal" else 1.0
         anchor = float(np.median([profiles[r]["delta_rms"].iloc[-2] for r in rows["run_id"]]))

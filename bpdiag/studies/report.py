@@ -28,6 +28,10 @@ class Check:
     agrees: bool | None  # None: not comparable (the report says why)
     shown: str = ""  # how to print ``measured`` (default: 3 significant digits)
 
+    def __post_init__(self) -> None:  # a NumPy bool from a comparison counts as a bool
+        if self.agrees is not None:
+            object.__setattr__(self, "agrees", bool(self.agrees))
+
     @property
     def verdict(self) -> str:
         return {True: "✅ agrees", False: "❌ does not agree", None: "– not comparable"}[

@@ -138,7 +138,9 @@ bpdiag experiment {name} --report-only   # this report again, from the store
 ```""")
     path = report.write(out, module.INTRO)
     gallery = {"name": name, "title": module.TITLE, "summary": summary,
-               "figure": next(iter(report.figures), ""), "seconds": seconds}  # fmt: skip
+               "figure": next(iter(report.figures), ""), "seconds": seconds,
+               "agree": sum(c.agrees is True for c in report.checks),
+               "checks": len(report.checks)}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(gallery, indent=1), "utf-8")
     return path
 
@@ -156,8 +158,12 @@ def write_gallery(root: Path) -> Path:
             lines += [f"## {name}", "", "Not written yet.", ""]
             continue
         info = json.loads(path.read_text("utf-8"))
-        took = f" ({fmt(info['seconds'] / 60, 2)} min)" if info.get("seconds") else ""
-        lines += [f"## [{info['title']}]({name}/report.md){took}", ""]
+        facts = [f"{fmt(info['seconds'] / 60, 2)} min"] if info.get("seconds") else []
+        if info.get("checks"):
+            facts.append(f"{info['agree']} of {info['checks']} headline checks agree")
+        lines += [f"## [{info['title']}]({name}/report.md)", ""]
+        if facts:
+            lines += [f"*{' · '.join(facts)}*", ""]
         if info.get("figure"):
             lines += [f"[![{name}]({name}/{info['figure']})]({name}/report.md)", ""]
         lines += [info["summary"], ""]

@@ -7,6 +7,7 @@ the same figures on any machine that holds the runs.
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -78,3 +79,30 @@ class StudyData:
         folder = self.cache / run_id
         folder.mkdir(parents=True, exist_ok=True)
         return Path(self.tracker.client.download_artifacts(run_id, path, str(folder)))
+
+
+def at(profile: pd.DataFrame, when: str) -> pd.DataFrame:
+    """One checkpoint of a ``depth_profile.csv`` (``0_init``, ``1_quarter``, ``2_half``,
+    ``3_end``), indexed by layer."""
+    return profile[profile["when"] == when].set_index("layer").sort_index()
+
+
+def first_step_below(series: pd.DataFrame, level: float, column: str = "value") -> float:
+    """The first step whose ``column`` is below ``level`` (NaN: never)."""
+    hit = series.loc[series[column] < level, "step"]
+    return float(hit.iloc[0]) if len(hit) else math.nan
+
+
+def layer_shapes(config: pd.Series) -> dict[int, tuple[int, int]]:
+    """Layer → (fan_in, fan_out) of the weight matrix, for a run's config (a ``table`` row)."""
+    from bpdiag import data
+
+    ds = data.load(config["dataset"], n_samples=int(config["n_samples"]), seed=0)
+    sizes = [ds.n_features] + [int(config["width"])] * (int(config["depth"]) - 1) + [ds.n_outputs]
+    return {layer: (sizes[layer - 1], sizes[layer]) for layer in range(1, len(sizes))}
+
+
+def per_weight(norms: pd.Series, shapes: dict[int, tuple[int, int]]) -> pd.Series:
+    """A Frobenius norm per layer (indexed by layer) as an RMS per weight: ‖·‖/√(n_in·n_out)."""
+    size = pd.Series({layer: math.sqrt(i * o) for layer, (i, o) in shapes.items()})
+    return norms / size.reindex(norms.index)
