@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from bpdiag.studies.report import OKABE_ITO, Check, Report, fmt, markdown_table, within_log
-from bpdiag.studies.store import StudyData, at, first_step_below, layer_shapes, per_weight
+from bpdiag.studies.store import (
+    StudyData,
+    at,
+    first_step_below,
+    geomean,
+    input_second_moment,
+    layer_shapes,
+    per_weight,
+)
 
 TITLE = "Glorot & Bengio 2010: the standard init shrinks the error signal, the normalized keeps it"
 SPECS = ("glorot2010.yaml",)
@@ -53,14 +60,14 @@ def build(data: StudyData, report: Report) -> str:
     tanh = table[table["activation"] == "tanh"]
     for name, label in INITS.items():
         rows = tanh[tanh["init"] == name]
-        measured = _geomean(rows["delta_ratio"])
+        measured = geomean(rows["delta_ratio"])
         report.check(Check(f"tanh, {label}: RMS δ at hidden layer 1 / at hidden layer {hidden}, "
                            "at init", fmt(PAPER_DELTA[name]), measured,
                            f"|ln(measured/paper)| ≤ {TOL}",
                            within_log(measured, PAPER_DELTA[name], TOL)))  # fmt: skip
     for name, label in INITS.items():
         rows = tanh[tanh["init"] == name]
-        measured = _geomean(rows["grad_W_ratio"])
+        measured = geomean(rows["grad_W_ratio"])
         report.check(Check(f"tanh, {label}: RMS ∂L/∂W per weight, layer 2 / layer {hidden} "
                            "(hidden to hidden), at init", f"≈ {PAPER_GRAD_W[name]}", measured,
                            f"|ln(measured/paper)| ≤ {TOL}",
@@ -104,11 +111,11 @@ values between the first and the top hidden layer, at init and at the end of tra
 {markdown_table(rows)}
 
 Mean-field theory for these tanh nets at init (`bpdiag.diagnostics.theory.predict`, with the
-digits' E[x²] = {_q0(table.iloc[0]):.3f}) puts the δ ratio between the first and the top hidden
+digits' E[x²] = {input_second_moment(table.iloc[0]):.3f}) puts the δ ratio between the first and the top hidden
 layer at {fmt(theory["uniform_0.0316228"])} under the standard init and
 {fmt(theory["xavier_uniform"])} under the normalized one; bpdiag measures
-{fmt(_geomean(tanh.loc[tanh["init"] == "uniform_0.0316228", "delta_ratio"]))} and
-{fmt(_geomean(tanh.loc[tanh["init"] == "xavier_uniform", "delta_ratio"]))}.
+{fmt(geomean(tanh.loc[tanh["init"] == "uniform_0.0316228", "delta_ratio"]))} and
+{fmt(geomean(tanh.loc[tanh["init"] == "xavier_uniform", "delta_ratio"]))}.
 
 **Reading the checks.** The paper's ratios come from Shapeset-3×2 (1024 inputs) and their
 own training set-up; here the input is 64-dimensional digits. The δ ratio depends on the
@@ -127,20 +134,13 @@ The sigmoid nets reproduce the paper's Figure 2: the top hidden layer's mean act
 from 0.5 toward 0 while the layers below stay near 0.5, and the nets do not learn in
 {steps} steps (training loss ≈ ln 10, test accuracy ≈ 0.1). Here the normalized init
 saturates the same way.""")
-    std_delta = _geomean(tanh.loc[tanh["init"] == "uniform_0.0316228", "delta_ratio"])
-    xav_delta = _geomean(tanh.loc[tanh["init"] == "xavier_uniform", "delta_ratio"])
+    std_delta = geomean(tanh.loc[tanh["init"] == "uniform_0.0316228", "delta_ratio"])
+    xav_delta = geomean(tanh.loc[tanh["init"] == "xavier_uniform", "delta_ratio"])
     return (f"Under the standard init the error signal of a 5×1000 tanh net is {fmt(std_delta, 2)}× "
             f"as large at the first hidden layer as at the top (paper 0.083), under the "
             f"normalized init {fmt(xav_delta, 2)}× (paper 0.41, mean-field theory "
             f"{fmt(theory['xavier_uniform'], 2)}); sigmoid's top hidden layer saturates toward 0 "
             f"in {len(fell)} of {len(sig)} seeds.")  # fmt: skip
-
-
-def _q0(config) -> float:
-    from bpdiag import data
-
-    ds = data.load(config["dataset"], n_samples=int(config["n_samples"]), seed=0)
-    return float(np.mean(ds.X_train**2))
 
 
 def _theory_ratio(config, init: str, hidden: int) -> float:
@@ -149,7 +149,7 @@ def _theory_ratio(config, init: str, hidden: int) -> float:
 
     shapes = layer_shapes(config)
     sizes = [shapes[1][0]] + [shapes[layer][1] for layer in sorted(shapes)]
-    ratio = predict(sizes, "tanh", init, q0=_q0(config)).delta_ratio
+    ratio = predict(sizes, "tanh", init, q0=input_second_moment(config)).delta_ratio
     return float(ratio[0] / ratio[hidden - 1])
 
 
@@ -165,11 +165,6 @@ def _grad_w_ratio(profile: pd.DataFrame, shapes: dict, hidden: int) -> float:
     rms = _per_weight(profile, shapes)
     first = min(2, hidden)
     return float(rms.loc[first] / rms.loc[hidden])
-
-
-def _geomean(values: pd.Series) -> float:
-    values = values[values > 0]
-    return float(np.exp(np.log(values).mean())) if len(values) else math.nan
 
 
 def _top_mean(layers: pd.DataFrame, hidden: int) -> pd.DataFrame:

@@ -151,7 +151,10 @@ def write_gallery(root: Path) -> Path:
              "The classic results on vanishing and exploding gradients, re-measured by bpdiag. "
              "Each folder holds its sweep files, a `report.md` generated from the MLflow store "
              "and its figures; `bpdiag experiment NAME` (or `make experiment NAME=…`) runs one "
-             "end to end, `--report-only` redraws it from the store.", ""]  # fmt: skip
+             "end to end, `--report-only` redraws it from the store, `--tiny` runs a smoke "
+             "version. A study is this folder plus a module `bpdiag/studies/NAME.py` (`TITLE`, "
+             "`INTRO`, `SPECS` and `build`, which reads the runs back and writes the checks, "
+             "figures and tables). Each time is that of the run that made the report.", ""]  # fmt: skip
     for name in STUDIES:
         path = root / name / "summary.json"
         if not path.is_file():

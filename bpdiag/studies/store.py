@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bpdiag.sweep.config import SweepSpec
@@ -106,3 +107,17 @@ def per_weight(norms: pd.Series, shapes: dict[int, tuple[int, int]]) -> pd.Serie
     """A Frobenius norm per layer (indexed by layer) as an RMS per weight: ‖·‖/√(n_in·n_out)."""
     size = pd.Series({layer: math.sqrt(i * o) for layer, (i, o) in shapes.items()})
     return norms / size.reindex(norms.index)
+
+
+def input_second_moment(config: pd.Series) -> float:
+    """E[x²] of a run's training inputs (mean-field theory's q0)."""
+    from bpdiag import data
+
+    ds = data.load(config["dataset"], n_samples=int(config["n_samples"]), seed=0)
+    return float((ds.X_train**2).mean())
+
+
+def geomean(values: pd.Series) -> float:
+    """The geometric mean of the positive values (NaN if there are none)."""
+    values = values[values > 0]
+    return float(np.exp(np.log(values).mean())) if len(values) else math.nan
