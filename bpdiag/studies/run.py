@@ -30,9 +30,12 @@ def study(name: str) -> ModuleType:
     """The module of study ``name``."""
     if name not in STUDIES:
         raise ValueError(f"study: unknown study {name!r}; choose one of {', '.join(STUDIES)}")
+    module = f"bpdiag.studies.{name}"
     try:
-        return importlib.import_module(f"bpdiag.studies.{name}")
-    except ModuleNotFoundError:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:  # the study exists but something it imports does not
+            raise
         raise ValueError(f"study: {name!r} is not written yet (see the open issues)") from None
 
 
