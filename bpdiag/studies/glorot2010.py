@@ -123,15 +123,15 @@ hidden layers' weights and on tanh′ at init, which both set-ups share, so it i
 directly. Mean-field theory for tanh with n·Var W = 1/3 predicts a factor of about
 √(1/3) ≈ 0.58 per layer in the linear regime, (1/3)^((L−2)/2) = {(1 / 3) ** ((hidden - 1) / 2):.3f}
 over the {hidden - 1} steps from the top hidden layer to the first, before tanh′ < 1 shrinks it
-further; the paper's 0.083 and bpdiag's value agree with it. Under the normalized init the
+further; the paper's 0.083 and bpdiag's value agree with it within the tolerance. Under the normalized init the
 same theory gives {fmt(theory["xavier_uniform"])}, which bpdiag measures; the paper's 0.41 is
-about half of that. The difference is not in the init (the hidden layers' weights are drawn
-as the paper's) but in the set-up: the paper does not give its input scale or at which point
-of training it measured, and Shapeset's 1024 inputs against digits' 64 change the first
-layer's pre-activations and so tanh′ there. This check is reported as not agreeing.
+about half of that. The hidden layers' weights are drawn as the paper's, so the difference
+lies in the set-up: Shapeset's 1024 inputs against digits' 64 change the first layer's
+pre-activations and so tanh′ there, and the paper may have read its ratio at another point of
+training (bpdiag reads it at init). This check is reported as not agreeing.
 
 The sigmoid nets reproduce the paper's Figure 2: the top hidden layer's mean activation falls
-from 0.5 toward 0 while the layers below stay near 0.5, and the nets do not learn in
+from 0.5 toward 0 while the layers below stay between 0.5 and 0.7, and the nets do not learn in
 {steps} steps (training loss ≈ ln 10, test accuracy ≈ 0.1). Here the normalized init
 saturates the same way.""")
     std_delta = geomean(tanh.loc[tanh["init"] == "uniform_0.0316228", "delta_ratio"])
