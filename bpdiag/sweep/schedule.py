@@ -172,6 +172,9 @@ def _ready(scheduler: str | None, workers: int | None, keep: Callable[[object], 
     if address:
         client, cluster = Client(address, timeout="30s"), None
     else:  # quiet: the sweep reports what fails, and the nannies' logs keep every record
+        # LocalCluster quiets the handlers only while it is open; a comm that closes after it
+        # (the client's, when Ctrl-C stops the start) would still log a traceback at INFO
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
                                processes=True, dashboard_address="127.0.0.1:0",
                                silence_logs=logging.CRITICAL)  # fmt: skip
