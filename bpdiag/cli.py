@@ -433,8 +433,9 @@ def _run_sweep(console, spec, tracking_uri, scheduler, workers, rerun, **limits)
             failures.append(lines[-1])
             bar.console.print(f"[red]FAILED[/] {result.config.name}: {lines[-1]}")
 
+    received: list[int] = []
     try:
-        with _signals_as_interrupts():
+        with _signals_as_interrupts(received):
             outcome = run_sweep(spec, tracking_uri, scheduler, workers, rerun, on_start,
                                 on_result, **limits)  # fmt: skip
     except SpecError as err:
@@ -449,6 +450,9 @@ def _run_sweep(console, spec, tracking_uri, scheduler, workers, rerun, **limits)
         _fail(str(err), 1)
     except Exception as err:  # store or cluster unreachable, ...: one line, not a traceback
         bar.stop()
+        if received:  # the interrupt cut a call short, and it raised an error of its own
+            _interrupted("interrupted: finished runs are in the store; run the same command "
+                         "again to resume", 128 + received[0])  # fmt: skip
         _fail(f"{type(err).__name__}: {err}", 1)
     finally:
         bar.stop()
@@ -464,10 +468,10 @@ class _Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _signals_as_interrupts():
+def _signals_as_interrupts(received: list[int] | None = None):
     """SIGINT and SIGTERM raise ``_Interrupted`` (the sweep marks what it leaves KILLED and
     stops its workers); a second signal during that clean-up exits at once, as the next sweep
-    recovers the store anyway.
+    recovers the store anyway. Each signal's number is appended to ``received``.
 
     Python swallows an exception raised where it cannot propagate (a gc callback, a
     ``__del__``: "Exception ignored in …"); there the first signal is caught by
@@ -477,6 +481,8 @@ def _signals_as_interrupts():
     def first(signum, frame):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, again)
+        if received is not None:
+            received.append(signum)
         raise _Interrupted(signum)
 
     def again(signum, frame):
