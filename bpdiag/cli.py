@@ -182,6 +182,15 @@ def print_verdict(console, diagnosis, summary: dict) -> None:
 
     style = VERDICT_STYLE.get(diagnosis.label, "bold")
     console.print(f"verdict: [{style}]{diagnosis.label}[/] — {diagnosis.reason}")
+    if diagnosis.headline:
+        console.print(f"timeline: {diagnosis.headline}")
+    for phase in diagnosis.phases:
+        console.print(
+            f"  steps {phase.start}–{phase.end}: {phase.label} (median δ₁/δ_L "
+            f"{phase.delta_ratio_median:.3g})"
+        )
+    for name, text in diagnosis.flags.items():
+        console.print(f"flag [bold]{name}[/]: {text}")
     table = Table(title="evidence", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -646,7 +655,7 @@ def diagnose(run_id, tracking_uri) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    from bpdiag.diagnostics.verdict import Diagnosis, Thresholds
+    from bpdiag.diagnostics.verdict import Diagnosis, Phase, Thresholds
     from bpdiag.schema import SUMMARY, Tag
     from bpdiag.sweep.tracking import ui_url
 
@@ -658,10 +667,18 @@ def diagnose(run_id, tracking_uri) -> None:
         _fail(
             f"run {run_id} has no bpdiag diagnosis (status {run.info.status}; a sweep's parent run?)"
         )
+    phases, flags = (), {}
     try:
         text = tracker.client.download_artifacts(run_id, "diagnosis.json")
+        logged = json.loads(Path(text).read_text())
         evidence = {k: math.nan if v is None else float(v)  # JSON null: NaN
-                    for k, v in json.loads(Path(text).read_text())["evidence"].items()}  # fmt: skip
+                    for k, v in logged["evidence"].items()}  # fmt: skip
+        flags = logged.get("flags", {})
+        phases = tuple(
+            Phase(p["label"], p["start"], p["end"], math.nan if p["delta_ratio_median"] is None
+                  else float(p["delta_ratio_median"]))
+            for p in logged.get("phases", [])
+        )  # fmt: skip
     except Exception:
         evidence = {s.name: s.from_mlflow(run.data.metrics) for s in SUMMARY if s.evidence}
         evidence = {k: math.nan if v is None else v for k, v in evidence.items()}
@@ -674,7 +691,9 @@ def diagnose(run_id, tracking_uri) -> None:
     summary = {k: v for k, v in summary.items() if v is not None}
     print_verdict(
         console,
-        Diagnosis(tags[Tag.DIAGNOSIS], tags.get(Tag.REASON, ""), evidence, Thresholds()),
+        Diagnosis(
+            tags[Tag.DIAGNOSIS], tags.get(Tag.REASON, ""), evidence, Thresholds(), phases, flags
+        ),
         summary,
     )
     console.print(

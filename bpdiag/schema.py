@@ -251,6 +251,9 @@ class Tag:
     SWEEP = "bpdiag.sweep"  # the sweep's name
     DIAGNOSIS = "bpdiag.diagnosis"  # the verdict's label
     REASON = "bpdiag.reason"  # the verdict in one sentence
+    HEADLINE = "bpdiag.headline"  # the verdict's timeline in a line ("exploding at init, …")
+    TIMELINE = "bpdiag.timeline"  # its phases as label@step pairs ("exploding@0,healthy@480")
+    FLAGS = "bpdiag.flags"  # comma-separated flags: dead, saturated, clipping, borderline
     VERSION = "bpdiag.version"
     WORKER = "bpdiag.worker"  # host:pid of the worker that trained the run
     BLAS = "bpdiag.blas"  # the library the kernels' GEMMs ran in (``bpdiag.blas``)

@@ -56,6 +56,9 @@ def child_note(result, th: Thresholds | None = None) -> str:
     lines = [
         f"**{result.label}**: {result.reason}.",
         "",
+        f"Timeline: {result.headline}."
+        + "".join(f" Flag **{name}**: {text}." for name, text in result.flags.items()),
+        "",
         f"`{VERDICT_LOG10_KEY}` = {_fmt_log10(ratio)}. " + _reading(th or Thresholds()),
         "",
         "| evidence | value |",

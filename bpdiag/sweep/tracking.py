@@ -388,6 +388,9 @@ class Tracker:
         if result.label:
             tags[Tag.DIAGNOSIS] = result.label
             tags[Tag.REASON] = result.reason[:5000]
+            tags[Tag.HEADLINE] = result.headline[:5000]
+            tags[Tag.TIMELINE] = ",".join(f"{p['label']}@{p['start']}" for p in result.phases)
+            tags[Tag.FLAGS] = ",".join(result.flags) or "none"
         label = result.label if result.status == "FINISHED" else "failed"
         self.client.update_run(run_id, name=f"[{label}] {name or cfg.name}")
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items() if v])
@@ -405,6 +408,9 @@ class Tracker:
                 depth_profiles(result).to_csv(folder / "depth_profile.csv", index=False,
                                               float_format="%.6g")  # fmt: skip
                 diagnosis = {"label": result.label, "reason": result.reason,
+                             "headline": result.headline, "flags": result.flags,
+                             "phases": [{**p, "delta_ratio_median": _json_numbers(
+                                 {"r": p["delta_ratio_median"]})["r"]} for p in result.phases],
                              "evidence": _json_numbers(result.evidence)}  # fmt: skip
                 (folder / "diagnosis.json").write_text(
                     json.dumps(diagnosis, indent=2, ensure_ascii=False, allow_nan=False),

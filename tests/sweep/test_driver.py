@@ -182,6 +182,8 @@ def test_diagnose_through_the_cli(swept):
     assert result.exit_code == 0, result.output
     assert f"verdict: {child.data.tags[Tag.DIAGNOSIS]}" in _text(result)
     assert "grad_ratio_first_last_theory" in result.output
+    assert f"timeline: {child.data.tags[Tag.HEADLINE]}" in _text(result)
+    assert "steps 0–" in _text(result)  # each phase with its steps and median ratio
     bad = CliRunner().invoke(main, ["diagnose", "0123456789abcdef", "--tracking-uri", uri])
     assert bad.exit_code == 2 and "no run" in _text(bad)
 
@@ -398,6 +400,8 @@ def test_notes_describe_the_experiment_the_sweep_and_each_run(swept):
         assert text.startswith(f"**{tags[Tag.DIAGNOSIS]}**: {tags[Tag.REASON]}")
         ratio = child.data.metrics["summary/verdict/log10_delta_ratio_median"]
         assert f"`summary/verdict/log10_delta_ratio_median` = {ratio:.3g}" in text
+        assert f"Timeline: {tags[Tag.HEADLINE]}." in text and tags[Tag.HEADLINE]
+        assert tags[Tag.TIMELINE].split(",")[0].endswith("@0") and tags[Tag.FLAGS]
 
 
 def test_each_child_logs_its_data_set_as_an_input(swept):
@@ -436,6 +440,7 @@ def test_diagnosis_json_is_strict_json_with_readable_text(swept):
 
         data = json.loads(text, parse_constant=refuse)
         assert "\\u" not in text and data["reason"] == child.data.tags[Tag.REASON]
+        assert data["headline"] == child.data.tags[Tag.HEADLINE] and data["phases"][0]["start"] == 0
         assert "×" in data["reason"] or child.data.tags[Tag.DIAGNOSIS] in ("dead", "saturated")
 
 
