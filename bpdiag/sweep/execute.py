@@ -28,6 +28,7 @@ class RunResult:
     label: str | None = None  # the diagnosis
     reason: str = ""
     headline: str = ""  # the verdict's timeline in a line (``Diagnosis.headline``)
+    timeline: str = ""  # its phases as label@step pairs (``Diagnosis.timeline``)
     phases: list[dict] = field(default_factory=list)  # ``Phase.as_dict`` of each phase
     flags: dict[str, str] = field(default_factory=dict)  # the verdict's flags
     evidence: dict[str, float] = field(default_factory=dict)  # the diagnosis's numbers
@@ -96,7 +97,8 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
         times["total_s"] = time.perf_counter() - start
         return RunResult(
             cfg, "FINISHED", label=diagnosis.label, reason=diagnosis.reason,
-            headline=diagnosis.headline, phases=[p.as_dict() for p in diagnosis.phases],
+            headline=diagnosis.headline, timeline=diagnosis.timeline,
+            phases=[p.as_dict() for p in diagnosis.phases],
             flags=dict(diagnosis.flags),
             evidence=diagnosis.evidence, summary=summary, steps=hist.steps, layers=hist.layers,
             figures=pngs, timings={k: times[k] for k in TIMINGS}, worker=worker, blas=hist.blas,

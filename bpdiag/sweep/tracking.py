@@ -389,7 +389,7 @@ class Tracker:
             tags[Tag.DIAGNOSIS] = result.label
             tags[Tag.REASON] = result.reason[:5000]
             tags[Tag.HEADLINE] = result.headline[:5000]
-            tags[Tag.TIMELINE] = ",".join(f"{p['label']}@{p['start']}" for p in result.phases)
+            tags[Tag.TIMELINE] = result.timeline
             tags[Tag.FLAGS] = ",".join(result.flags) or "none"
         label = result.label if result.status == "FINISHED" else "failed"
         self.client.update_run(run_id, name=f"[{label}] {name or cfg.name}")
