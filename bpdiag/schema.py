@@ -60,6 +60,13 @@ STEP_SERIES = _series(
            clipped_only=True),
     Series("clip_coef", "batch/clip_coef", "clipped norm / norm (1: not clipped)",
            clipped_only=True),
+    Series("sample_grad_sq_total", "instruments/sample_grad_sq", "E_i‖g_i‖², the mean over the"
+           " minibatch of each sample's squared gradient norm, over every layer's W and b"),
+    Series("noise_scale_total", "instruments/B_simple", "B_simple = tr Σ / ‖G‖² (McCandlish"
+           " et al. 2018) over every layer's W and b: tr Σ = E_i‖g_i‖² − ‖G‖², G the minibatch"
+           " gradient"),
+    Series("grad_snr_total", "instruments/grad_snr", "the minibatch gradient's signal-to-noise"
+           " ratio m ‖G‖² / tr Σ = m / B_simple (m: the step's batch)"),
 )  # fmt: skip
 
 LAYER_SERIES = _series(
@@ -80,6 +87,10 @@ LAYER_SERIES = _series(
     Series("nonfinite", None, "NaN/Inf entries of the layer's gradient"),
     Series("grad_norm_affine", None, "‖(∂L/∂γ_l, ∂L/∂β_l)‖ of a normalized layer, before clipping"),
     Series("delta_rms_normed", None, "RMS over the batch of ‖∂ℓ_i/∂u_l‖ after the normalization"),
+    Series("sample_grad_sq", None, "E_i‖g_{l,i}‖² of the per-sample gradients of (W_l, b_l),"
+           " ‖g_{l,i}‖ = m ‖δ_{l,i}‖ √(‖a_{l−1,i}‖² + 1) (NaN for BatchNorm nets)"),
+    Series("noise_scale", "instruments/B_simple", "B_simple of layer l: tr Σ_l / ‖G_l‖²"),
+    Series("grad_snr", None, "m ‖G_l‖² / tr Σ_l, the layer's minibatch-gradient SNR"),
 )  # fmt: skip
 LAYER_POINTS = 50  # records per per-layer MLflow series (every record is in layers.parquet)
 LAYER_CHARTS = 8  # layers with MLflow series: the first, the last, evenly between

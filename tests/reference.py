@@ -376,6 +376,30 @@ def layer_stats(params, next_params, X, Y, activation, loss, clip_mode, c):
                            False, 1.0)  # fmt: skip
 
 
+def sample_stats(params, X, Y, activation, loss, norm="none", residual=False, alpha=1.0):
+    """Per-sample gradient statistics by brute force: each sample's gradient of every layer's
+    (W, b) from its own one-row pass, g_i = ∂ℓ_i/∂(W_l, b_l). Returns per layer and in total
+    (E_i‖g_i‖², B = tr Σ / ‖G‖², SNR = m ‖G‖² / tr Σ) with G = mean_i g_i, tr Σ = E‖g_i‖² − ‖G‖²;
+    all NaN for BatchNorm (its samples are coupled)."""
+    L, m = len(params), X.shape[0]
+    if norm == "batchnorm":
+        return [(np.nan,) * 3] * L, (np.nan,) * 3
+    rows = [loss_and_grads_net(params, X[i : i + 1], Y[i : i + 1], activation, loss, norm,
+                               residual, alpha)[1] for i in range(m)]  # fmt: skip
+    per_layer = []
+    for l in range(L):
+        g = np.array([np.concatenate([r[l][0].ravel(), r[l][1]]) for r in rows])  # (m, n_l)
+        per_layer.append((np.mean(np.sum(g**2, axis=1)), np.sum(g.mean(axis=0) ** 2)))
+
+    def stats(mean_sq, grad_sq):
+        trace = mean_sq - grad_sq
+        with np.errstate(divide="ignore", invalid="ignore"):  # a dead layer's 0/0 is NaN
+            return mean_sq, trace / grad_sq, m * grad_sq / trace
+
+    total = stats(sum(a for a, _ in per_layer), sum(b for _, b in per_layer))
+    return [stats(a, b) for a, b in per_layer], total
+
+
 def layer_stats_net(params, next_params, X, Y, activation, loss, clip_mode, c, norm, residual,
                     alpha):  # fmt: skip
     """``layer_stats`` for a net with normalization and skips: δ_l = ∂L/∂z_l (before the
@@ -386,6 +410,7 @@ def layer_stats_net(params, next_params, X, Y, activation, loss, clip_mode, c, n
     _, grads, deltas = loss_and_grads_net(params, X, Y, activation, loss, norm, residual, alpha)
     clipped = clip(clip_mode, c, params, grads)
     relu_family = activation in ("relu", "leaky_relu", "elu", "selu", "gelu")
+    samples, _ = sample_stats(params, X, Y, activation, loss, norm, residual, alpha)
     rows = []
     for l in range(1, L + 1):
         W, a, hidden, cl = params[l - 1][0], A[l], l < L, cache[l - 1]
@@ -414,5 +439,6 @@ def layer_stats_net(params, next_params, X, Y, activation, loss, clip_mode, c, n
             "nonfinite": int(sum(np.sum(~np.isfinite(x)) for x in g)),
             "grad_norm_affine": np.sqrt(np.sum(g[2] ** 2) + np.sum(g[3] ** 2)) if normed else np.nan,
             "delta_rms_normed": np.sqrt(np.mean(np.sum((m * du) ** 2, axis=0))) if normed else np.nan,
+            **dict(zip(("sample_grad_sq", "noise_scale", "grad_snr"), samples[l - 1], strict=True)),
         })  # fmt: skip
     return rows

@@ -12,8 +12,21 @@ STEP_SLOTS = (
     "grad_norm_total",
     "grad_norm_total_clipped",
     "clip_coef",
+    "sample_grad_sq_total",
+    "noise_scale_total",
+    "grad_snr_total",
 )
-S_STEP, S_LOSS, S_ACC, S_GNORM, S_GNORM_CLIPPED, S_CLIP_COEF = range(len(STEP_SLOTS))
+(
+    S_STEP,
+    S_LOSS,
+    S_ACC,
+    S_GNORM,
+    S_GNORM_CLIPPED,
+    S_CLIP_COEF,
+    S_SAMPLE_SQ,
+    S_NOISE,
+    S_SNR,
+) = range(len(STEP_SLOTS))
 
 LAYER_SLOTS = (
     "grad_norm_W",
@@ -29,6 +42,9 @@ LAYER_SLOTS = (
     "nonfinite",
     "grad_norm_affine",
     "delta_rms_normed",
+    "sample_grad_sq",
+    "noise_scale",
+    "grad_snr",
 )
 (
     L_GRAD_W,
@@ -44,6 +60,9 @@ LAYER_SLOTS = (
     L_NONFINITE,
     L_GRAD_AFFINE,
     L_DELTA_RMS_NORMED,
+    L_SAMPLE_SQ,
+    L_NOISE,
+    L_SNR,
 ) = range(len(LAYER_SLOTS))
 
 # Per-layer sums of one step (``stats[k, T_*]``): the gradient ones come from the backward

@@ -3,7 +3,21 @@
 The gradient sums (‖∂L/∂W_l‖², ‖∂L/∂b_l‖², ‖(∂L/∂γ_l, ∂L/∂β_l)‖², Σδ_l²) come from the
 backward pass every step, and
 ‖Δθ‖², ‖θ‖², ‖g‖² from the optimizer's pass. The activation statistics take one pass over the
-activations the forward pass left, on record steps only.
+activations the forward pass left, and the per-sample gradient statistics one pass over the
+δ_l and a_{l−1} the backward pass left, on record steps only.
+
+Per-sample gradients (Goodfellow 2015): the batch-mean loss is L = (1/m) Σ_i ℓ_i, and δ_l holds
+∂L/∂z_l, so sample i's gradient of a dense layer's (W_l, b_l) is g_{l,i} = m δ_{l,i} [a_{l−1,i}; 1]ᵀ,
+a rank-one matrix: ‖g_{l,i}‖² = m² ‖δ_{l,i}‖² (‖a_{l−1,i}‖² + 1) exactly. With G_l = (1/m) Σ_i g_{l,i}
+the layer's batch gradient (population, i.e. plug-in, moments over the m samples of the step):
+
+    E‖g_l‖² = (1/m) Σ_i ‖g_{l,i}‖²,     tr Σ_l = E‖g_l‖² − ‖G_l‖²,
+    B_l = tr Σ_l / ‖G_l‖²  (the simple noise scale, McCandlish et al. 2018, arXiv:1812.06162),
+    SNR_l = ‖G_l‖² / (tr Σ_l / m) = m / B_l  (signal over the variance of a mean of m samples).
+
+The totals over all layers add E‖g‖², ‖G‖² and tr Σ layer by layer (the squared norms of disjoint
+parameter blocks add). γ and β of a normalized layer are not included; a BatchNorm net gets NaN,
+its samples' gradients not being separable (the batch statistics couple them).
 """
 
 from __future__ import annotations
@@ -13,7 +27,17 @@ import math
 import numpy as np
 from numba import njit
 
-from bpdiag._core.codes import CLIP_NORM, ELU, GELU, LEAKY_RELU, RELU, SELU, SIGMOID, TANH
+from bpdiag._core.codes import (
+    BATCHNORM,
+    CLIP_NORM,
+    ELU,
+    GELU,
+    LEAKY_RELU,
+    RELU,
+    SELU,
+    SIGMOID,
+    TANH,
+)
 from bpdiag._core.forward import block
 from bpdiag._core.jit import FAST, JIT
 from bpdiag._core.slots import (
@@ -27,7 +51,10 @@ from bpdiag._core.slots import (
     L_GRAD_B,
     L_GRAD_W,
     L_GRAD_W_CLIPPED,
+    L_NOISE,
     L_NONFINITE,
+    L_SAMPLE_SQ,
+    L_SNR,
     L_UPDATE_RATIO,
     L_WEIGHT_NORM,
     S_ACC,
@@ -35,6 +62,9 @@ from bpdiag._core.slots import (
     S_GNORM,
     S_GNORM_CLIPPED,
     S_LOSS,
+    S_NOISE,
+    S_SAMPLE_SQ,
+    S_SNR,
     S_STEP,
     T_ACT_SQ,
     T_ACT_SUM,
@@ -124,6 +154,57 @@ def grad_sq(net, buf, k):
     return st[T_GW_SQ] + st[T_GB_SQ] + (st[T_GAFF_SQ] if net.g_off[k] >= 0 else 0.0)
 
 
+@njit(**FAST)
+def sample_sq_sum(D, A):
+    """Σ_i ‖δ_i‖² (‖a_i‖² + 1) over the rows of D = δ_l (mb, n_l) and A = a_{l−1} (mb, n_{l−1}),
+    in float64: (1/m) of the per-sample gradients' Σ_i ‖g_{l,i}‖², as the module says."""
+    s = 0.0
+    for i in range(D.shape[0]):
+        d2 = 0.0
+        for j in range(D.shape[1]):
+            d2 += np.float64(D[i, j]) * np.float64(D[i, j])
+        a2 = 1.0
+        for j in range(A.shape[1]):
+            a2 += np.float64(A[i, j]) * np.float64(A[i, j])
+        s += d2 * a2
+    return s
+
+
+@njit(**JIT)
+def noise_stats(out, mean_sq, grad_sq, mb, resolution, i_sq, i_noise, i_snr):
+    """E‖g‖², B = tr Σ / ‖G‖² and SNR = m ‖G‖² / tr Σ into out[i_sq, i_noise, i_snr] from E‖g‖²
+    and ‖G‖². tr Σ = E‖g‖² − ‖G‖² is ≥ 0 in exact arithmetic and 0 for one sample; a difference
+    within ``resolution`` × E‖g‖² is rounding (‖G‖² comes from gradients in the net's dtype),
+    and counts as 0."""
+    trace = mean_sq - grad_sq
+    if mb == 1 or trace <= resolution * mean_sq:
+        trace = 0.0
+    out[i_sq] = mean_sq
+    out[i_noise] = trace / grad_sq if grad_sq > 0 else (np.nan if trace == 0 else np.inf)
+    out[i_snr] = mb * grad_sq / trace if trace > 0 else (np.nan if grad_sq == 0 else np.inf)
+
+
+@njit(**JIT)
+def record_samples(rec, row, net, buf, mb):
+    """The per-sample gradient statistics of every layer and in total (module docstring)."""
+    L = net.sizes.size - 1
+    if net.norm == BATCHNORM:
+        return  # the record's NaN stays: no per-sample gradients
+    resolution = 8.0 * (1.2e-7 if buf.deltas.itemsize == 4 else 2.3e-16)  # a few ulps
+    tot_mean, tot_grad = 0.0, 0.0
+    for k in range(L):
+        n_in, n_out = net.sizes[k], net.sizes[k + 1]
+        s = sample_sq_sum(block(buf.deltas, buf.a_off[k + 1], mb, n_out),
+                          block(buf.acts, buf.a_off[k], mb, n_in))  # fmt: skip
+        mean_sq = mb * s
+        g_sq = buf.stats[k, T_GW_SQ] + buf.stats[k, T_GB_SQ]
+        noise_stats(rec.layers[row, k], mean_sq, g_sq, mb, resolution, L_SAMPLE_SQ, L_NOISE,
+                    L_SNR)  # fmt: skip
+        tot_mean += mean_sq
+        tot_grad += g_sq
+    noise_stats(rec.steps[row], tot_mean, tot_grad, mb, resolution, S_SAMPLE_SQ, S_NOISE, S_SNR)
+
+
 @njit(**JIT)
 def record_gradients(rec, row, step, loss, acc, total_sq, net, buf, mb):
     """The part of a record known before the update: step, loss, accuracy, ‖g‖, and per layer the
@@ -159,6 +240,7 @@ def record_gradients(rec, row, step, loss, acc, total_sq, net, buf, mb):
             for p in range(w0, w0 + n_out * n_in + n_out * (3 if normed else 1)):
                 bad += 0 if math.isfinite(buf.grads[p]) else 1
         out[L_NONFINITE] = bad
+    record_samples(rec, row, net, buf, mb)
 
 
 @njit(**JIT)

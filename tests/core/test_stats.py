@@ -50,6 +50,9 @@ def test_layer_records_match_recomputation(activation, optimizer, clip, c):
         assert step["grad_norm_total_clipped"] == pytest.approx(clipped, rel=1e-10)
         expected_coef = min(c / (total + 1e-6), 1.0) if clip == "norm" else clipped / total
         assert step["clip_coef"] == pytest.approx(expected_coef, rel=1e-10)
+        _, totals = ref.sample_stats(params, X, Y, activation, "bce")
+        got_totals = step[["sample_grad_sq_total", "noise_scale_total", "grad_snr_total"]]
+        assert list(got_totals) == pytest.approx(totals, rel=1e-10)
 
 
 def test_saturation_and_dead_units_are_seen():
@@ -157,3 +160,41 @@ def test_layer_records_of_normalized_and_residual_nets(activation, norm, residua
                     assert np.isnan(value), (s, l + 1, col)
                 else:
                     assert value == pytest.approx(row[col], rel=1e-10, abs=noise), (s, l + 1, col)
+
+
+@pytest.mark.parametrize(
+    ("loss", "activation", "norm", "residual", "threads"),
+    [
+        ("ce", "tanh", "none", False, 1),
+        ("mse", "relu", "none", False, 2),
+        ("bce", "elu", "layernorm", True, 1),
+        ("ce", "selu", "none", True, 1),
+    ],
+)
+def test_per_sample_gradient_statistics_of_a_minibatch(loss, activation, norm, residual, threads):
+    """E‖g_i‖², B_simple and the SNR of each layer and in total equal those of the per-sample
+    gradients computed one sample at a time, on the rows of the step's minibatch (the two-core
+    passes leave the same δ behind)."""
+    X, Y = make_problem(loss, m=24, n_out=3)
+    net = MLP([5, 16, 16, 16, 3], activation=activation, loss=loss, init="he_normal", seed=2,
+              norm=norm, residual=residual)  # fmt: skip
+    params = net.params
+    hist = train(net, X, Y, optimizer="sgd", lr=0.1, steps=1, batch_size=10, shuffle=False,
+                 threads=threads)  # fmt: skip
+    layers, totals = ref.sample_stats(params, X[:10], Y[:10], activation, loss, norm, residual,
+                                      1.0)  # fmt: skip
+    got = hist.layers[hist.layers.step == 0]
+    for col, i in (("sample_grad_sq", 0), ("noise_scale", 1), ("grad_snr", 2)):
+        assert list(got[col]) == pytest.approx([r[i] for r in layers], rel=1e-10), col
+    step = hist.steps.iloc[0]
+    got_totals = step[["sample_grad_sq_total", "noise_scale_total", "grad_snr_total"]]
+    assert list(got_totals) == pytest.approx(totals, rel=1e-10)
+    assert step["noise_scale_total"] * step["grad_snr_total"] == pytest.approx(10)
+
+
+def test_per_sample_statistics_of_batchnorm_nets_are_nan_and_one_sample_has_no_noise():
+    X, Y = make_problem("bce", m=8, n_out=1)
+    hist = train(MLP([5, 6, 6, 1], norm="batchnorm"), X, Y, steps=1, batch_size=None)
+    assert hist.layers["noise_scale"].isna().all() and hist.steps["grad_snr_total"].isna().all()
+    hist = train(MLP([5, 6, 6, 1]), X[:1], Y[:1], steps=1)  # one sample: it is the mean
+    assert (hist.layers["noise_scale"] == 0).all() and np.isinf(hist.steps["grad_snr_total"]).all()
