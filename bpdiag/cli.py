@@ -69,7 +69,7 @@ def main() -> None:
 @click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default=D.activation,
               show_default=True)  # fmt: skip
 @click.option("--init", default=D.init, show_default=True,
-              help="xavier_normal, he_normal, lecun_normal, orthogonal, normal_<std>, ...")  # fmt: skip
+              help="xavier_normal, he_normal, lecun_normal, orthogonal[_<gain>], normal_<std>, ...")  # fmt: skip
 @click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=D.optimizer,
               show_default=True)  # fmt: skip
 @click.option("--lr", type=float, default=D.lr, show_default=True)

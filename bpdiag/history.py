@@ -12,7 +12,12 @@ import pandas as pd
 from bpdiag._core.slots import LAYER_SLOTS, STEP_SLOTS
 from bpdiag.diagnostics.theory import Prediction, predict
 from bpdiag.diagnostics.verdict import Diagnosis, diagnose
-from bpdiag.schema import SUMMARY_NAMES
+from bpdiag.schema import SUMMARY, SUMMARY_NAMES
+
+
+# History.sharpness: the step, λ_max, 2/lr, λ_max·lr/2 (1 at the edge of stability), the
+# Hessian-vector products the power iteration took and the measurement's seconds
+SHARPNESS_COLUMNS = ("step", "sharpness", "two_over_lr", "eos_ratio", "products", "seconds")
 
 
 def steps_table(rec_step: np.ndarray) -> pd.DataFrame:
@@ -49,6 +54,10 @@ class History:
     final: dict = field(default_factory=dict)  # loss/accuracy on the training (and test) set
     config: dict = field(default_factory=dict)  # the training call's arguments
     blas: str = ""  # the library the kernels' GEMMs ran in (``bpdiag.blas``)
+    sharpness: pd.DataFrame = field(  # λ_max every sharpness_every records (SHARPNESS_COLUMNS)
+        default_factory=lambda: pd.DataFrame(columns=list(SHARPNESS_COLUMNS))
+    )
+    jacobian: object = None  # instruments.JacobianSpectrum at init (jacobian_inputs > 0)
 
     @cached_property
     def theory(self) -> Prediction | None:
@@ -72,6 +81,7 @@ class History:
         values = {
             **self.final,
             **self.diagnosis.evidence,
+            **self._instruments(),
             "clip_fraction": self.clipped_steps / max(self.steps_done, 1),
             "train_seconds": self.train_seconds,
             "steps_per_second": self.steps_done / self.train_seconds
@@ -79,3 +89,22 @@ class History:
             else math.nan,
         }
         return {name: float(values[name]) for name in SUMMARY_NAMES if name in values}
+
+    def _instruments(self) -> dict[str, float]:
+        """The instruments' summary numbers (``schema.SUMMARY``, group "instruments"); NaN for
+        an instrument that was off."""
+        out = {s.name: math.nan for s in SUMMARY if s.group == "instruments"}
+        noise = self.steps["noise_scale_total"].to_numpy()
+        if noise.size:
+            out["noise_scale_init"], out["noise_scale_end"] = noise[0], noise[-1]
+            out["grad_snr_end"] = self.steps["grad_snr_total"].iloc[-1]
+        sh = self.sharpness
+        if len(sh):
+            out["sharpness_max"] = sh["sharpness"].max()
+            out["sharpness_end"] = sh["sharpness"].iloc[-1]
+            out["eos_ratio_max"] = sh["eos_ratio"].max()
+        if self.jacobian is not None:
+            js = self.jacobian
+            out.update(jacobian_gain=js.gain, jacobian_gain_theory=js.gain_theory,
+                       jacobian_spread=js.spread, jacobian_condition=js.condition)  # fmt: skip
+        return out

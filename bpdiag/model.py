@@ -247,11 +247,13 @@ class MLP:
             out.append((W, *vectors))
         return out
 
-    def _pass(self, X: np.ndarray, Y: np.ndarray, task: int) -> tuple[float, float, Buffers]:
+    def _pass(self, X: np.ndarray, Y: np.ndarray, task: int,
+              buf: Buffers | None = None) -> tuple[float, float, Buffers]:  # fmt: skip
         """One pass of the training kernel over the whole of (X, Y) (``_core.loop``):
         ``TASK_GRADS``, forward and backward in training mode (BatchNorm with the batch's
         statistics, which the running ones do not take up), or ``TASK_EVAL``, the forward pass
-        in evaluation mode. Returns (loss, accuracy, the buffers)."""
+        in evaluation mode. ``buf``: buffers for len(X) rows to reuse (default: new ones).
+        Returns (loss, accuracy, the buffers)."""
         compiled.ready()
         m, L = X.shape[0], self.depth
         if task == TASK_GRADS and self.layout.norm == BATCHNORM and m < 2:
@@ -259,7 +261,8 @@ class MLP:
                 "batchnorm needs at least 2 rows to compute gradients (batch statistics, as "
                 f"torch.nn.BatchNorm1d in training), got X of shape {X.shape}"
             )
-        buf = make_buffers(self.layout, m, Y.shape[1], self.dtype)
+        if buf is None:
+            buf = make_buffers(self.layout, m, Y.shape[1], self.dtype)
         setup = Setup(SGD, Hyper(lr=0.0), NO_CLIP, 0.0, False, 1, np.zeros((3, 0), np.int64), task)
         rec = Records(np.full((1, len(STEP_SLOTS)), np.nan),
                       np.full((1, L, len(LAYER_SLOTS)), np.nan), 1, 0, np.zeros(1, np.int64))  # fmt: skip

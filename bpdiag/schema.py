@@ -234,12 +234,39 @@ SUMMARY = (
     Scalar("chi1_theory", "theory", "χ₁ at the fixed point: < 1 ordered (vanishing), > 1 chaotic"),
     Scalar("depth_scale_theory", "theory", "ξ = 1/|ln χ₁| layers (inf at criticality; MLflow"
            " gets 1/ξ = |ln χ₁|, 0 at criticality)", scale="inverse"),
+    Scalar("noise_scale_init", "instruments", "B_simple over every W and b at the first record",
+           False, "log10"),
+    Scalar("noise_scale_end", "instruments", "B_simple over every W and b at the last record",
+           False, "log10", after_divergence=False),
+    Scalar("grad_snr_end", "instruments", "the minibatch gradient's SNR m/B_simple at the last"
+           " record", False, "log10", after_divergence=False),
+    Scalar("sharpness_max", "instruments", "largest λ_max of the Hessian measured (with"
+           " sharpness_every)", False),
+    Scalar("sharpness_end", "instruments", "the last λ_max measured", False,
+           after_divergence=False),
+    Scalar("eos_ratio_max", "instruments", "sharpness_max · lr/2: 1 is the edge of stability of"
+           " gradient descent", False),
+    Scalar("jacobian_gain", "instruments", "mean squared singular value of the hidden block's"
+           " Jacobian ∂a_{L−1}/∂a_1 at init (with jacobian_inputs)", False, "log10"),
+    Scalar("jacobian_gain_theory", "instruments", "mean-field χ^(L) of the same block", False,
+           "log10"),
+    Scalar("jacobian_spread", "instruments", "Var(σ²)/E[σ²]² of its singular values σ: 0 for"
+           " an isometry", False),
+    Scalar("jacobian_condition", "instruments", "σ_max/σ_min of the same Jacobian (median over"
+           " the inputs)", False, "log10"),
     Scalar("clip_fraction", "outcome", "share of steps whose gradient clipping changed", False),
     Scalar("train_seconds", "cost", "wall time of training", False),
     Scalar("steps_per_second", "cost", "optimizer steps per second of training", False),
 )  # fmt: skip
 SUMMARY_NAMES = tuple(s.name for s in SUMMARY)
 EVIDENCE_NAMES = tuple(s.name for s in SUMMARY if s.evidence)
+
+# History.sharpness columns logged as MLflow step metrics (step = the record's optimizer step)
+SHARPNESS_SERIES = (
+    Series("sharpness", "instruments/sharpness", "λ_max of the loss's Hessian on fixed training"
+           " rows (every sharpness_every records)"),
+    Series("eos_ratio", "instruments/eos_ratio", "λ_max · lr/2: 1 at the edge of stability"),
+)  # fmt: skip
 
 # Seconds a sweep's worker spent on one run, logged as MLflow metrics "time/<name>".
 TIMINGS = ("data_s", "train_call_s", "diagnose_s", "plots_s", "total_s")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
+import pandas as pd
 
 from bpdiag import blas, compiled
 from bpdiag._core.codes import BATCHNORM, STATUS_NONFINITE
@@ -19,7 +20,7 @@ from bpdiag._core.structs import Buffers, Feed, Records, Setup, make_buffers, n_
 from bpdiag.choices.clipping import clip_code
 from bpdiag.choices.defaults import DEFAULTS
 from bpdiag.choices.optim import resolve_optimizer
-from bpdiag.history import History, layers_table, steps_table
+from bpdiag.history import SHARPNESS_COLUMNS, History, layers_table, steps_table
 from bpdiag.hooks import Chunk, NaNGuard
 from bpdiag.model import MLP
 
@@ -176,6 +177,8 @@ def train(
     eval_data: tuple[object, object] | None = None,
     nan_guard: bool = True,
     threads: int | None = None,
+    sharpness_every: int = 0,
+    jacobian_inputs: int = 0,
     **optimizer_options: object,
 ) -> History:
     """Train ``net`` in place for ``steps`` optimizer steps and return what was recorded.
@@ -195,6 +198,14 @@ def train(
     with normalization or skip connections runs its passes on one thread, whatever ``threads``
     says, its GEMMs on the BLAS's threads.
     Results agree with one thread's to rounding (see ``bpdiag._core.parallel``).
+
+    Instruments (``bpdiag.instruments``), off by default: ``sharpness_every=K`` measures the
+    Hessian's top eigenvalue every K records (at steps 0, K·record_every, …, on up to
+    ``SHARPNESS_ROWS`` fixed training rows; each measurement costs about 2 gradient passes over
+    them per power iteration, warm-started from the last) into ``History.sharpness``;
+    ``jacobian_inputs=n`` takes the Jacobian spectrum at init of the hidden block (layers 1 to
+    L − 1, ``jacobian_spectrum(..., layers="hidden")``) at the first n training inputs into
+    ``History.jacobian`` (not for BatchNorm nets).
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a bpdiag.MLP, got {type(net).__name__}")
@@ -211,6 +222,11 @@ def train(
             raise TypeError("eval_data must be a pair (X_test, Y_test)")
         X_test = net.check_X(eval_data[0], "eval_data X")
         net.check_Y(eval_data[1], X_test.shape[0], "eval_data Y")
+    sharpness_every = _count("sharpness_every", sharpness_every)
+    jacobian_inputs = _count("jacobian_inputs", jacobian_inputs)
+    if jacobian_inputs and net.layout.norm == BATCHNORM:
+        raise ValueError("jacobian_inputs must be 0 for a BatchNorm net: its Jacobian per sample "
+                         "is not defined in training (the batch couples the samples)")  # fmt: skip
     if net.layout.norm == BATCHNORM and (batch == 1 or m % batch == 1):
         raise ValueError(
             f"batchnorm needs at least 2 rows in every training batch (as torch.nn.BatchNorm1d "
@@ -220,6 +236,12 @@ def train(
     setup = _setup(net, batch, optimizer, lr, clip, clip_value, nan_guard, threads, hooks,
                    dict(optimizer_options))  # fmt: skip
     library = compiled.ready()
+    jacobian = None
+    if jacobian_inputs:
+        from bpdiag.instruments import jacobian_spectrum
+
+        jacobian = jacobian_spectrum(net, X, jacobian_inputs, layers="hidden")
+    curvature = Curvature.of(net, X, Y, sharpness_every * record_every, lr, seed)
 
     n_rec = (steps - 1) // record_every + 2  # cadence, the last step, a non-finite step
     rec = Records(np.full((n_rec, len(STEP_SLOTS)), np.nan),
@@ -229,7 +251,8 @@ def train(
     key, ws = _workspace(net, batch, Y.shape[1])
     start = time.perf_counter()
     with _threading(setup.threads):
-        done, rows, stopped_by, diverged = _run(net, ws, setup, X, Y, sampler, rec, steps, hooks)
+        done, rows, stopped_by, diverged = _run(net, ws, setup, X, Y, sampler, rec, steps, hooks,
+                                                curvature)  # fmt: skip
     seconds = time.perf_counter() - start
     _keep(key, ws)
 
@@ -252,7 +275,7 @@ def train(
     }  # fmt: skip
     return History(steps_df, layers_df, done, diverged, stopped_by, seconds,
                    int(rec.counters[0]), model, float(np.mean(X.astype(np.float64) ** 2)), final,
-                   config, str(library))  # fmt: skip
+                   config, str(library), curvature.table(), jacobian)  # fmt: skip
 
 
 def chunk_steps(net: MLP, batch: int) -> int:
@@ -261,16 +284,74 @@ def chunk_steps(net: MLP, batch: int) -> int:
     return max(1, min(4096, CHUNK_MACS // max(macs, 1)))
 
 
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer (0: off), got {value!r}")
+    return int(value)
+
+
+@dataclass
+class Curvature:
+    """The sharpness measurements of one training (``bpdiag.instruments``): every ``period``
+    steps, on fixed training rows, each warm-started from the last eigenvector."""
+
+    period: int  # steps between measurements (0: none)
+    lr: float
+    surface: object = None  # instruments.LossSurface on the measured rows
+    vector: np.ndarray | None = None
+    rows: list = field(default_factory=list)
+
+    @classmethod
+    def of(cls, net: MLP, X: np.ndarray, Y: np.ndarray, period: int, lr: float,
+           seed: int) -> Curvature:  # fmt: skip
+        if not period:
+            return cls(0, lr)
+        from bpdiag.instruments import LossSurface, sharpness_rows
+
+        idx = sharpness_rows(X.shape[0], seed)
+        Y_rows = Y[idx] if net.loss != "ce" else Y[idx, 0]
+        return cls(period, lr, LossSurface(net, X[idx], Y_rows))
+
+    def due(self, step: int) -> bool:
+        return bool(self.period) and step % self.period == 0
+
+    def steps_to_next(self, step: int) -> int:
+        return self.period - step % self.period if self.period else 2**62
+
+    def measure(self, net: MLP, step: int) -> None:
+        """λ_max at the net's parameters after ``step`` updates (the record of that step)."""
+        from bpdiag.instruments import top_eigenvalue
+
+        if not np.all(np.isfinite(net.theta)):
+            return
+        start = time.perf_counter()
+        self.surface.theta = net.theta.astype(np.float64)
+        self.surface.twin.running = net.running.astype(np.float64)
+        found = top_eigenvalue(self.surface, self.vector, seed=step)
+        self.vector = found.vector
+        self.rows.append((step, found.value, 2.0 / self.lr, found.value * self.lr / 2.0,
+                          found.products, time.perf_counter() - start))  # fmt: skip
+
+    def table(self) -> pd.DataFrame:
+        """History.sharpness (columns: ``SHARPNESS_COLUMNS``)."""
+        return pd.DataFrame(self.rows, columns=list(SHARPNESS_COLUMNS)).astype(
+            {"step": np.int64, "products": np.int64}
+        )
+
+
 def _run(net: MLP, ws: Workspace, setup: Setup, X: np.ndarray, Y: np.ndarray,
-         sampler: BatchSampler, rec: Records, steps: int,
-         hooks: Sequence[object]) -> tuple[int, int, str | None, int]:  # fmt: skip
+         sampler: BatchSampler, rec: Records, steps: int, hooks: Sequence[object],
+         curvature: Curvature) -> tuple[int, int, str | None, int]:  # fmt: skip
     """The kernel, chunk after chunk, with the hooks between: chunks of 16, 32, 64, … steps up
-    to ``chunk_steps`` (so a hook sees a young run often, an old one cheaply). Returns (steps
-    done, records written, what stopped training, the non-finite step or −1)."""
+    to ``chunk_steps`` (so a hook sees a young run often, an old one cheaply), cut where the
+    sharpness is due. Returns (steps done, records written, what stopped training, the
+    non-finite step or −1)."""
     done, row, stopped_by, diverged = 0, 0, None, -1
     chunk, first = chunk_steps(net, int(ws.buffers.Y.shape[0])), FIRST_CHUNK
     while done < steps and stopped_by is None:
-        n = min(chunk, first, steps - done)
+        if curvature.due(done):
+            curvature.measure(net, done)
+        n = min(chunk, first, steps - done, curvature.steps_to_next(done))
         first *= 2
         idx, starts = sampler.take(n)
         k, new_row, status = train_steps(net.theta, net.running, ws.state, net.layout, ws.buffers,

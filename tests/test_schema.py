@@ -14,7 +14,7 @@ def history():
     X, Y = make_problem("bce", m=24, n_out=1)
     net = MLP([5, 8, 8, 1], activation="tanh", seed=1)
     return train(net, X, Y, steps=12, record_every=4, clip="norm", clip_value=0.5,
-                 eval_data=(X, Y))  # fmt: skip
+                 eval_data=(X, Y), sharpness_every=1, jacobian_inputs=2)  # fmt: skip
 
 
 def test_every_slot_is_declared_once_in_slot_order():
@@ -55,6 +55,7 @@ def test_mlflow_keys_are_unique_and_every_logged_key_is_declared(history):
 
     summary_keys = [k for s in schema.SUMMARY for k in s.keys]
     keys = [k for s in schema.STEP_SERIES for k in s.keys] + summary_keys
+    keys += [s.key for s in schema.SHARPNESS_SERIES]
     keys += [schema.timing_key(t) for t in schema.TIMINGS]
     keys += [p.key(when) for p in schema.PROFILES for when, _ in schema.PROFILE_AT]
     prefixes = [s.key for s in schema.LAYER_SERIES if s.key]
@@ -78,9 +79,12 @@ def test_mlflow_keys_are_unique_and_every_logged_key_is_declared(history):
     result = RunResult(RunConfig(depth=3, width=8, clip="norm", clip_value=0.5), "FINISHED",
                        label=d.label, reason=d.reason, evidence=d.evidence,
                        summary=history.summary, steps=history.steps, layers=history.layers,
+                       sharpness=history.sharpness,
                        timings={t: 1.0 for t in schema.TIMINGS})  # fmt: skip
     metrics = Tracker.metrics(result)
     logged = [m.key for m in metrics]
+    assert {s.key for s in schema.SHARPNESS_SERIES} <= set(logged)
+    assert "summary/instruments/jacobian_gain" in logged
     layer_keys = {
         s.layer_key(layer, 3) for s in schema.LAYER_SERIES if s.key for layer in (1, 2, 3)
     }

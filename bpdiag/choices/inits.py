@@ -11,6 +11,7 @@ W has shape (n_out, n_in); fan_in = n_in, fan_out = n_out.
 | he_normal / he_uniform       | Var = 2/fan_in; bound √(6/fan_in) (gain √2)    | 2             |
 | lecun_normal / lecun_uniform | Var = 1/fan_in; bound √(3/fan_in)              | 1             |
 | orthogonal                   | QR of a Gaussian matrix, sign-corrected; gain 1| 1             |
+| orthogonal_<g>               | the same times the gain g (√2 for ReLU)        | g²            |
 
 Draws use NumPy's PCG64 generator seeded once per network, layer by layer, in float64, so the
 same seed gives the same weights on every machine and in every dtype (up to rounding).
@@ -68,6 +69,10 @@ def _lecun(o: int, i: int) -> float:
     return 1.0 / i
 
 
+def _orthogonal_gain(gain: float) -> Init:
+    return lambda rng, n_out, n_in: gain * _orthogonal(rng, n_out, n_in)
+
+
 INITS: dict[str, Init] = {
     "zeros": lambda rng, n_out, n_in: np.zeros((n_out, n_in)),
     "xavier_normal": _scaled("normal", _xavier),
@@ -78,11 +83,12 @@ INITS: dict[str, Init] = {
     "lecun_uniform": _scaled("uniform", _lecun),
     "orthogonal": _orthogonal,
 }
-PATTERNS = {"normal_": _normal, "uniform_": _uniform}
+PATTERNS = {"normal_": _normal, "uniform_": _uniform, "orthogonal_": _orthogonal_gain}
 
 
 def get_init(name: str) -> Init:
-    """The initializer called ``name``; ``normal_<std>`` and ``uniform_<a>`` take a positive number."""
+    """The initializer called ``name``; ``normal_<std>``, ``uniform_<a>`` and
+    ``orthogonal_<gain>`` take a positive number."""
     if not isinstance(name, str):
         raise TypeError(f"init must be a string, got {name!r} ({type(name).__name__})")
     if name in INITS:
@@ -99,14 +105,15 @@ def get_init(name: str) -> Init:
                     f"e.g. {prefix}0.01"
                 )
             return make(value)
-    valid = ", ".join([*sorted(INITS), "normal_<std>", "uniform_<a>"])
+    valid = ", ".join([*sorted(INITS), "normal_<std>", "uniform_<a>", "orthogonal_<gain>"])
     raise ValueError(f"unknown init {name!r}; valid: {valid}")
 
 
 def weight_variance(init: str, n_out: int, n_in: int) -> float:
     """Var(W_ij) that ``init`` draws for a (n_out, n_in) layer (the σ_w²/n_in of mean-field theory)."""
     get_init(init)  # validates the name
-    for prefix, var in (("normal_", lambda v: v * v), ("uniform_", lambda v: v * v / 3.0)):
+    for prefix, var in (("normal_", lambda v: v * v), ("uniform_", lambda v: v * v / 3.0),
+                        ("orthogonal_", lambda g: g * g / max(n_out, n_in))):  # fmt: skip
         if init.startswith(prefix):
             return var(float(init[len(prefix) :]))
     family = init.rsplit("_", 1)[0]

@@ -75,10 +75,12 @@ class RunFigures:
         self._depth: Figure | None = None
 
     def render(self, hist, title: str | None = None) -> dict[str, bytes]:
-        """{"gradient_flow.png": …, "grad_norm_vs_depth.png": …}."""
+        """{"gradient_flow.png": …, "grad_norm_vs_depth.png": …, "instruments.png": …} (the
+        instruments' figure is drawn afresh: its panels change with what was measured)."""
         self._flow = _draw_flow(self._flow or _flow_frame(), hist, title)
         self._depth = _draw_depth(self._depth or _depth_frame(), hist, title)
-        return {"gradient_flow.png": _png(self._flow), "grad_norm_vs_depth.png": _png(self._depth)}
+        return {"gradient_flow.png": _png(self._flow), "grad_norm_vs_depth.png": _png(self._depth),
+                "instruments.png": _png(instruments(hist, title))}  # fmt: skip
 
 
 def _png(fig: Figure) -> bytes:
@@ -186,6 +188,88 @@ def _draw_depth(fig: Figure, hist, title: str | None) -> Figure:
     fig.axes[1].legend(fontsize=8, loc="lower right")
     _suptitle(fig, hist, title)
     return fig
+
+
+def instruments(hist, title: str | None = None) -> Figure:
+    """The instruments of one run: the gradient noise scale B_simple per layer over training
+    (against the batch size: above it, noise dominates the step), the sharpness against 2/lr,
+    and the singular values of the Jacobian at init against mean-field theory."""
+    from matplotlib import colormaps
+
+    fig = Figure(figsize=(15, 4.4))
+    ax_noise, ax_sharp, ax_jac = fig.subplots(1, 3, gridspec_kw={
+        "left": 0.05, "right": 0.985, "bottom": 0.13, "top": 0.84, "wspace": 0.25})  # fmt: skip
+    # noise scale per layer
+    layers = hist.layers
+    depth = int(layers["layer"].max())
+    shown = _charted(depth)
+    cmap = colormaps["viridis"]
+    for layer in shown:
+        rows = layers[layers["layer"] == layer]
+        ax_noise.plot(rows["step"], _positive(rows["noise_scale"]), lw=1,
+                      color=cmap((layer - 1) / max(depth - 1, 1)), label=f"layer {layer}")  # fmt: skip
+    ax_noise.plot(hist.steps["step"], _positive(hist.steps["noise_scale_total"]), "k", lw=2,
+                  label="all layers")  # fmt: skip
+    batch = hist.model.get("batch")
+    if batch:
+        ax_noise.axhline(batch, color="tab:red", ls="--", lw=1, label=f"batch m = {batch}")
+    ax_noise.set_yscale("log")
+    _fast_log_axis(ax_noise.yaxis)
+    ax_noise.set_title("gradient noise scale B_simple = tr Σ / ‖G‖²", y=1.01)
+    ax_noise.set_xlabel("step")
+    ax_noise.legend(fontsize=7, loc="upper right", ncol=2)
+    # sharpness against 2/lr
+    sh = hist.sharpness
+    ax_sharp.set_title("sharpness λ_max of the Hessian", y=1.01)
+    ax_sharp.set_xlabel("step")
+    if len(sh):
+        ax_sharp.plot(sh["step"], sh["sharpness"], "o-", ms=3, color="tab:blue", label="λ_max")
+        ax_sharp.axhline(sh["two_over_lr"].iloc[0], color="tab:red", ls="--",
+                         label=f"2/lr = {sh['two_over_lr'].iloc[0]:.4g}")  # fmt: skip
+        ax_sharp.legend(fontsize=8, loc="lower right")
+    else:
+        _empty(ax_sharp, "not measured\n(sharpness_every = K measures it every K records)")
+    # the Jacobian's spectrum at init
+    js = hist.jacobian
+    ax_jac.set_title("Jacobian at init: singular values", y=1.01)
+    if js is not None:
+        s = js.singular_values
+        k = np.arange(1, s.shape[1] + 1)
+        for row in s:
+            ax_jac.plot(k, np.where(row > 0, row, np.nan), ".-", ms=3, lw=0.8, alpha=0.8)
+        if np.isfinite(js.gain_theory) and js.gain_theory > 0:
+            ax_jac.axhline(np.sqrt(js.gain_theory), color="k", ls="--", lw=1,
+                           label="√(mean-field χ^(L))")  # fmt: skip
+            ax_jac.legend(fontsize=8, loc="upper right")
+        ax_jac.set_yscale("log")
+        _fast_log_axis(ax_jac.yaxis)
+        ax_jac.set_xlabel(f"k (∂a_{js.end}/∂a_{js.start}, {s.shape[0]} inputs)")
+        ax_jac.text(0.03, 0.03, f"mean σ² {js.gain:.3g} (theory {js.gain_theory:.3g})\n"
+                    f"spread Var σ²/(E σ²)² {js.spread:.3g}\nσ_max/σ_min {js.condition:.3g}",
+                    transform=ax_jac.transAxes, ha="left", va="bottom", fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})  # fmt: skip
+    else:
+        _empty(ax_jac, "not taken\n(jacobian_inputs = n takes it; not for BatchNorm)")
+    _place_labels(fig.axes, y=-0.1)
+    _suptitle(fig, hist, title)
+    return fig
+
+
+def _charted(depth: int) -> list[int]:
+    from bpdiag.schema import charted_layers
+
+    return charted_layers(depth)
+
+
+def _positive(values) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    return np.where(v > 0, v, np.nan)
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="gray")
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def _suptitle(fig: Figure, hist, title: str | None) -> None:

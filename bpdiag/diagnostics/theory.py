@@ -233,3 +233,37 @@ def predict_cured(sizes: list[int], activation: str, init: str, q0: float, norm:
     chi1 = float(np.exp(np.mean(np.log(inner)))) if inner.size else math.nan
     decay = float(np.exp(0.5 * np.mean(np.log(chi)))) if chi.size else math.nan
     return Prediction(q, chi, delta_ratio, grad_W_ratio, chi1, decay)
+
+
+# ---------------------------------------------------------------- the input–output Jacobian
+
+
+def jacobian_gain(sizes: list[int], activation: str, init: str, q0: float = 1.0,
+                  norm: str = "none", skips: list[bool] | None = None, alpha: float = 1.0,
+                  start: int = 0, end: int | None = None) -> float:  # fmt: skip
+    """Mean-field E‖J u‖² for a unit vector u, J = ∂a_end/∂a_start at init (a_L: the output
+    layer's z_L), i.e. the mean squared singular value tr(JᵀJ)/n_start, χ^(L) in the papers.
+
+    A tangent t through layer l: E‖W_l t‖² = n_l v_l ‖t‖², then φ' multiplies by
+    E[φ'(u_l)²] (u_l = z_l, or of unit variance after a normalization, whose projection also
+    takes 1/q_l and LayerNorm's 1 − 2/n_l); a skip adds the branch: E‖t_l‖² = (1 + α² f_l)
+    E‖t_{l−1}‖², else f_l E‖t_{l−1}‖², with f_l the branch's factor. For a square net,
+    Π_l σ_w² E[φ'²] = Π χ_l. NaN for BatchNorm (the batch couples the samples)."""
+    L = len(sizes) - 1
+    end = L if end is None else end
+    if not 0 <= start < end <= L:
+        raise ValueError(f"the Jacobian's layers must satisfy 0 ≤ start < end ≤ {L}, got "
+                         f"start={start}, end={end}")  # fmt: skip
+    if norm == "batchnorm":
+        return math.nan
+    skips = skips or [False] * L
+    q = predict(sizes, activation, init, q0, norm, skips, alpha).q  # E[z_l²], l = 1..L
+    gain = 1.0
+    for l in range(start + 1, end + 1):
+        f = sizes[l] * weight_variance(init, sizes[l], sizes[l - 1])
+        if l < L:
+            f *= second_moments(activation, 1.0 if norm != "none" else q[l - 1])[1]
+            if norm != "none":
+                f *= (1 - 2 / sizes[l]) / q[l - 1]
+        gain *= (1 + alpha**2 * f) if skips[l - 1] else f
+    return gain

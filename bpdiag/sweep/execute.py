@@ -35,6 +35,7 @@ class RunResult:
     summary: dict[str, float] = field(default_factory=dict)  # History.summary (evidence included)
     steps: pd.DataFrame | None = None
     layers: pd.DataFrame | None = None
+    sharpness: pd.DataFrame | None = None  # History.sharpness (empty unless sharpness_every)
     figures: dict[str, bytes] = field(default_factory=dict)  # artifact name → PNG
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (schema.TIMINGS)
     worker: str = ""
@@ -83,7 +84,10 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
             net, ds.X_train, ds.Y_train, optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps,
             batch_size=cfg.batch_size, clip=cfg.clip, clip_value=cfg.clip_value,
             record_every=cfg.record_every, seed=cfg.seed, eval_data=(ds.X_test, ds.Y_test),
-            threads=1, **cfg.optimizer_options(),  # one worker process per core: one thread each
+            threads=1,  # one worker process per core: one thread each
+            sharpness_every=cfg.sharpness_every,
+            jacobian_inputs=0 if cfg.norm == "batchnorm" else cfg.jacobian_inputs,
+            **cfg.optimizer_options(),
         )  # fmt: skip
         times["train_call_s"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -101,6 +105,7 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
             phases=[p.as_dict() for p in diagnosis.phases],
             flags=dict(diagnosis.flags),
             evidence=diagnosis.evidence, summary=summary, steps=hist.steps, layers=hist.layers,
+            sharpness=hist.sharpness,
             figures=pngs, timings={k: times[k] for k in TIMINGS}, worker=worker, blas=hist.blas,
             started=started, ended=time.time(),
         )  # fmt: skip

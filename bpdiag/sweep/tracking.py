@@ -46,6 +46,7 @@ from bpdiag.schema import (
     LAYER_SERIES,
     PROFILE_AT,
     PROFILES,
+    SHARPNESS_SERIES,
     STEP_SERIES,
     SUMMARY,
     Tag,
@@ -460,6 +461,11 @@ class Tracker:
                     for step, value in zip(steps["step"], steps[series.column], strict=True):
                         for key in series.keys:
                             add(key, value, step)
+            if result.sharpness is not None and len(result.sharpness):
+                sharp = _before_divergence(result.sharpness, result)
+                for series in SHARPNESS_SERIES:
+                    for step, value in zip(sharp["step"], sharp[series.column], strict=True):
+                        add(series.key, value, step)
             layers = _before_divergence(result.layers, result)
             depth = int(result.layers["layer"].max())
             records = np.sort(layers["step"].unique())

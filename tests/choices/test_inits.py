@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bpdiag import MLP
-from bpdiag.choices.inits import INITS, PATTERNS, get_init, init_weights
+from bpdiag.choices.inits import INITS, PATTERNS, get_init, init_weights, weight_variance
 
 N_OUT, N_IN = 300, 200
 VARIANCE = {
@@ -17,6 +17,7 @@ VARIANCE = {
     "normal_0.05": 0.05**2,
     "uniform_0.3": 0.3**2 / 3,
     "orthogonal": 1 / N_IN,  # rows orthonormal (n_out > n_in: columns), entries' variance 1/n_out
+    "orthogonal_1.4": 1.4**2 / N_IN,
 }
 
 
@@ -28,7 +29,7 @@ def test_every_registered_init_has_a_variance_case():
 @pytest.mark.parametrize("name", list(VARIANCE))
 def test_variance(name):
     W = get_init(name)(np.random.default_rng(0), N_OUT, N_IN)
-    expected = 1 / N_OUT if name == "orthogonal" else VARIANCE[name]
+    expected = {"orthogonal": 1 / N_OUT, "orthogonal_1.4": 1.4**2 / N_OUT}.get(name, VARIANCE[name])
     assert W.shape == (N_OUT, N_IN)
     assert W.var() == pytest.approx(expected, rel=0.03)
     assert abs(W.mean()) < 0.1 * np.sqrt(expected)
@@ -47,6 +48,16 @@ def test_orthogonal(shape):
     small = min(shape)
     gram = W.T @ W if shape[0] > shape[1] else W @ W.T
     assert np.allclose(gram, np.eye(small), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(50, 30), (30, 50), (40, 40)])
+def test_orthogonal_with_a_gain_is_the_same_matrix_scaled(shape):
+    W = get_init("orthogonal")(np.random.default_rng(1), *shape)
+    scaled = get_init("orthogonal_1.5")(np.random.default_rng(1), *shape)
+    assert np.array_equal(scaled, 1.5 * W)
+    assert weight_variance("orthogonal_1.5", *shape) == pytest.approx(2.25 * np.mean(W**2))
+    with pytest.raises(ValueError, match="orthogonal_"):
+        get_init("orthogonal_x")
 
 
 def test_same_seed_same_weights_in_both_dtypes():

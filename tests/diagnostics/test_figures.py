@@ -62,3 +62,20 @@ def test_reused_figures_draw_the_same_pngs_as_fresh_ones():
                  "grad_norm_vs_depth.png": figures.norm_vs_depth(hist, "t")}  # fmt: skip
         for name, fig in fresh.items():
             assert pngs[name] == figures._png(fig), name
+
+
+def test_instruments_figure_with_and_without_the_optional_instruments(tmp_path):
+    ds = data.load("spirals", n_samples=200)
+    net = MLP([2] + [16] * 5 + [1], activation="tanh", loss="bce", seed=0)
+    hist = train(net, ds.X_train, ds.Y_train, optimizer="sgd", lr=0.1, steps=40, record_every=5,
+                 sharpness_every=2, jacobian_inputs=3)  # fmt: skip
+    fig = figures.instruments(hist)
+    noise, sharp, jac = fig.axes
+    assert noise.get_lines()[-2].get_label() == "all layers"  # the total, then the batch size
+    assert any(line.get_label().startswith("2/lr = 20") for line in sharp.get_lines())
+    assert len(jac.get_lines()) == 3 + 1  # one spectrum per input, and the theory
+    figures.save(fig, tmp_path / "i.png")
+    assert (tmp_path / "i.png").stat().st_size > 10_000
+    plain = figures.instruments(_hist(steps=10))
+    assert "not measured" in plain.axes[1].texts[0].get_text()
+    assert "not taken" in plain.axes[2].texts[0].get_text()

@@ -60,23 +60,27 @@ def test_run_key_is_stable_and_covers_every_field():
 
 
 def test_new_fields_keep_the_keys_of_configs_that_leave_them_unset():
-    """A store written before norm/residual existed resumes without rerunning anything: a
-    config at their defaults hashes as it did before they existed (the pre-0.2 dump)."""
+    """A store written before norm/residual (0.2) or the instruments (0.3) existed resumes
+    without rerunning anything: a config at their defaults hashes as it did before they
+    existed (the pre-0.2 dump)."""
     import hashlib
     import json
 
     for cfg in (RunConfig(depth=3, lr=0.1, optimizer="sgd"), RunConfig(activation="tanh", width=8),
                 RunConfig(clip="norm", clip_value=1.0, dtype="float32")):  # fmt: skip
         dump = {k: v for k, v in cfg.model_dump().items()
-                if k not in ("norm", "residual", "residual_scale")}  # fmt: skip
+                if k not in ("norm", "residual", "residual_scale", "sharpness_every",
+                             "jacobian_inputs")}  # fmt: skip
         old = hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
         assert cfg.run_key == old
     base = RunConfig(depth=3)
     keys = {base.run_key, RunConfig(depth=3, norm="batchnorm").run_key,
             RunConfig(depth=3, norm="layernorm").run_key, RunConfig(depth=3, residual=True).run_key,
             RunConfig(depth=3, residual=True, residual_scale="inv_sqrt_depth").run_key,
-            RunConfig(depth=3, residual=True, residual_scale=0.5).run_key}  # fmt: skip
-    assert len(keys) == 6
+            RunConfig(depth=3, residual=True, residual_scale=0.5).run_key,
+            RunConfig(depth=3, sharpness_every=5).run_key,
+            RunConfig(depth=3, jacobian_inputs=0).run_key}  # fmt: skip
+    assert len(keys) == 8
 
 
 def test_random_method_is_seeded(tmp_path):
