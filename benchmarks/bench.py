@@ -336,6 +336,60 @@ def compile_times() -> dict[str, float]:
         return out
 
 
+def instrument_costs(seconds: float) -> dict[str, dict[str, float]]:
+    """What each instrument costs on M tanh (float32 and float64), in ms and in training steps
+    (the step timed here alone, recording every step): the per-sample gradient statistics of
+    one record (their pass over every layer's δ and a, timed inside a jitted loop), one
+    sharpness measurement from a random start and one warm-started after a step (power
+    iteration to ``SHARPNESS_TOL``; two gradient passes over the net's 128 rows per product),
+    and the Jacobian spectrum of the hidden block at 4 inputs."""
+    from numba import njit
+
+    from bpdiag._core.stats import sample_sq_sum
+    from bpdiag.instruments import LossSurface, jacobian_spectrum, top_eigenvalue
+
+    @njit(cache=False)
+    def per_sample_pass(D, A, reps):
+        s = 0.0
+        for _ in range(reps):
+            for k in range(D.shape[0]):
+                s += sample_sq_sum(D[k], A[k])
+        return s
+
+    out = {}
+    depth, width, batch, n_in = CONFIGS["M"]
+    for dtype in ("float32", "float64"):
+        impl = Bpdiag("M", "tanh", dtype, 1)
+        step = min(impl.run(20) for _ in range(5))
+        rng = np.random.default_rng(0)
+        D = rng.normal(size=(depth, batch, width)).astype(dtype)
+        A = rng.normal(size=(depth, batch, width)).astype(dtype)
+        per_sample_pass(D, A, 1)
+        reps = 2000
+        t = time.perf_counter()
+        per_sample_pass(D, A, reps)
+        samples = (time.perf_counter() - t) / reps
+        surface = LossSurface(impl.net, impl.X, impl.Y)
+        t = time.perf_counter()
+        cold = top_eigenvalue(surface)
+        cold_s = time.perf_counter() - t
+        impl.run(1)
+        surface.theta = impl.net.theta.astype(np.float64)
+        t = time.perf_counter()
+        warm = top_eigenvalue(surface, cold.vector)
+        warm_s = time.perf_counter() - t
+        t = time.perf_counter()
+        jacobian_spectrum(impl.net, impl.X, 4, layers="hidden")
+        jac_s = time.perf_counter() - t
+        out[dtype] = {
+            "step_ms": step * 1e3, "per_sample_ms": samples * 1e3, "per_sample_of_step": samples / step,
+            "sharpness_cold_ms": cold_s * 1e3, "sharpness_cold_products": cold.products,
+            "sharpness_warm_ms": warm_s * 1e3, "sharpness_warm_products": warm.products,
+            "jacobian_ms": jac_s * 1e3,
+        }  # fmt: skip
+    return out
+
+
 def sweep_throughput(spec: str = "sweeps/default.yaml") -> dict[str, float]:
     """Runs per minute of a whole sweep (Dask LocalCluster, SQLite store in a temp dir)."""
     from bpdiag.sweep import run_sweep
@@ -401,7 +455,20 @@ def markdown(result: dict) -> str:
                          f"{r['vs_plain']:.2f} | {r['speedup_vs_torch']:.2f}× |")  # fmt: skip
     lines.append("")
     for dtype, cost in result.get("recording_overhead", {}).items():
-        lines.append(f"- Recording every step, M tanh {dtype}: {cost:+.1%} a step.")
+        lines.append(f"- Recording every step (per-sample statistics included), M tanh {dtype}: "
+                     f"{cost:+.1%} a step.")  # fmt: skip
+    for dtype, c in result.get("instruments", {}).items():
+        step = c["step_ms"]
+        lines.append(
+            f"- Instruments on M tanh {dtype} (a step: {step:.2f} ms): per-sample statistics "
+            f"{c['per_sample_ms'] * 1e3:.0f} µs a record ({c['per_sample_of_step']:.1%} of a "
+            f"step); one sharpness measurement {c['sharpness_cold_ms']:.0f} ms from a random "
+            f"start ({c['sharpness_cold_products']} products, {c['sharpness_cold_ms'] / step:.0f} "
+            f"steps), {c['sharpness_warm_ms']:.0f} ms warm-started "
+            f"({c['sharpness_warm_products']} products, {c['sharpness_warm_ms'] / step:.0f} "
+            f"steps); the Jacobian spectrum at init {c['jacobian_ms']:.0f} ms "
+            f"({c['jacobian_ms'] / step:.0f} steps)."
+        )  # fmt: skip
     if "compile" in result:
         c = result["compile"]
         lines.append(f"- Compiling everything into an empty cache: {c['cold_total_s']:.1f} s; "
@@ -504,6 +571,13 @@ def main() -> None:
         print(f"recording every step on M tanh {dtype}: {overhead[dtype]:+.1%} per step (median "
               f"of 31 back-to-back pairs)")  # fmt: skip
     result["recording_overhead"] = overhead
+    result["instruments"] = costs = instrument_costs(args.seconds)
+    for dtype, c in costs.items():
+        print(f"instruments on M tanh {dtype}: per-sample statistics {c['per_sample_ms'] * 1e3:.1f} "
+              f"µs a record ({c['per_sample_of_step']:.2%} of a {c['step_ms']:.2f} ms step); "
+              f"sharpness {c['sharpness_cold_ms']:.0f} ms cold ({c['sharpness_cold_products']} "
+              f"HVPs), {c['sharpness_warm_ms']:.0f} ms warm ({c['sharpness_warm_products']}); "
+              f"Jacobian {c['jacobian_ms']:.0f} ms", flush=True)  # fmt: skip
     if not args.no_compile:
         result["compile"] = compile_times()
         c = result["compile"]

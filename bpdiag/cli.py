@@ -87,10 +87,17 @@ def main() -> None:
               help="skip connections around the hidden layers whose widths match")  # fmt: skip
 @click.option("--residual-scale", type=NUMBER_OR_NAME, default=D.residual_scale, show_default=True,
               help="α of the residual branch: a number, or inv_sqrt_depth")  # fmt: skip
+@click.option("--sharpness-every", type=click.IntRange(0), default=D.sharpness_every,
+              show_default=True, help="records between measurements of the Hessian's top "
+              "eigenvalue (0: none)")  # fmt: skip
+@click.option("--jacobian-inputs", type=click.IntRange(0), default=D.jacobian_inputs,
+              show_default=True, help="inputs of the Jacobian spectrum at init (0: none; "
+              "BatchNorm nets: none)")  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bpdiag-out"),
-              show_default=True, help="folder for gradient_flow.png and grad_norm_vs_depth.png")  # fmt: skip
+              show_default=True, help="folder for the run's figures")  # fmt: skip
 def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_size, clip,
-          clip_value, record_every, seed, dtype, norm, residual, residual_scale, out) -> None:  # fmt: skip
+          clip_value, record_every, seed, dtype, norm, residual, residual_scale, sharpness_every,
+          jacobian_inputs, out) -> None:  # fmt: skip
     """Train one configuration; print the verdict, its evidence and the per-layer gradients."""
     from rich.console import Console
 
@@ -109,17 +116,20 @@ def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_s
         hist = bpdiag.train(net, ds.X_train, ds.Y_train, optimizer=optimizer, lr=lr, steps=steps,
                             batch_size=batch_size, clip=clip, clip_value=clip_value,
                             record_every=record_every, seed=seed, hooks=[progress],
-                            eval_data=(ds.X_test, ds.Y_test))  # fmt: skip
+                            eval_data=(ds.X_test, ds.Y_test), sharpness_every=sharpness_every,
+                            jacobian_inputs=0 if norm == "batchnorm" else jacobian_inputs)  # fmt: skip
         progress.close()
     except (ValueError, TypeError) as err:
         raise click.UsageError(str(err)) from None
     console.print(f"[bold]{net!r}[/]: {hist.steps_done} steps in {hist.train_seconds:.2f} s")
     print_verdict(console, hist.diagnosis, hist.summary)
+    print_instruments(console, hist.summary)
     print_layer_table(console, hist.layers)
     out.mkdir(parents=True, exist_ok=True)
-    figures.save(figures.gradient_flow(hist), out / "gradient_flow.png")
-    figures.save(figures.norm_vs_depth(hist), out / "grad_norm_vs_depth.png")
-    console.print(f"figures: {out / 'gradient_flow.png'}, {out / 'grad_norm_vs_depth.png'}")
+    pngs = figures.RunFigures().render(hist)
+    for name, png in pngs.items():
+        (out / name).write_bytes(png)
+    console.print("figures: " + ", ".join(str(out / name) for name in pngs))
 
 
 @main.command()
@@ -198,6 +208,24 @@ def print_verdict(console, diagnosis, summary: dict) -> None:
     rows = {**diagnosis.evidence, **{k: summary[k] for k in outcome if k in summary}}
     for key, value in rows.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def print_instruments(console, summary: dict) -> None:
+    """The instruments' numbers (``schema.SUMMARY``, group "instruments") that were measured."""
+    from rich.table import Table
+
+    from bpdiag.schema import SUMMARY
+
+    rows = [(s.name, summary[s.name], s.doc) for s in SUMMARY
+            if s.group == "instruments" and math.isfinite(summary.get(s.name, math.nan))]  # fmt: skip
+    if not rows:
+        return
+    table = Table(title="instruments", show_header=True)
+    for col in ("measure", "value", "meaning"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for name, value, doc in rows:
+        table.add_row(name, f"{value:.4g}", doc)
     console.print(table)
 
 
@@ -696,6 +724,7 @@ def diagnose(run_id, tracking_uri) -> None:
         ),
         summary,
     )
+    print_instruments(console, summary)
     console.print(
         f"in the UI (bpdiag ui): {ui_url(run.info.experiment_id, run_id)}", soft_wrap=True
     )

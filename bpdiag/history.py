@@ -14,7 +14,6 @@ from bpdiag.diagnostics.theory import Prediction, predict
 from bpdiag.diagnostics.verdict import Diagnosis, diagnose
 from bpdiag.schema import SUMMARY, SUMMARY_NAMES
 
-
 # History.sharpness: the step, λ_max, 2/lr, λ_max·lr/2 (1 at the edge of stability), the
 # Hessian-vector products the power iteration took and the measurement's seconds
 SHARPNESS_COLUMNS = ("step", "sharpness", "two_over_lr", "eos_ratio", "products", "seconds")

@@ -65,12 +65,15 @@ class LossSurface:
         self.theta = self.twin.theta.copy()  # θ of ``net`` when the surface was made
         self.passes = 0  # gradient passes so far
 
-    def gradient(self, theta: np.ndarray) -> np.ndarray:
-        """∇L(θ), (n_params,)."""
+    def gradient(self, theta: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """∇L(θ), (n_params,), into ``out`` if given."""
         self.twin.theta = theta
         self.twin._pass(self.X, self.Y, TASK_GRADS, self.buffers)
         self.passes += 1
-        return self.buffers.grads.copy()
+        if out is None:
+            return self.buffers.grads.copy()
+        out[:] = self.buffers.grads
+        return out
 
     def hvp(self, v: np.ndarray, theta: np.ndarray | None = None) -> np.ndarray:
         """H(θ) v by the central difference of the module docstring (v of any norm)."""
@@ -79,7 +82,12 @@ class LossSurface:
         if norm == 0:
             return np.zeros_like(v)
         step = HVP_STEP / norm
-        return (self.gradient(theta + step * v) - self.gradient(theta - step * v)) / (2 * step)
+        shifted, down = np.empty_like(theta), np.empty_like(theta)
+        up = self.gradient(np.add(theta, np.multiply(v, step, out=shifted), out=shifted))
+        self.gradient(np.subtract(theta, np.multiply(v, step, out=shifted), out=shifted), down)
+        up -= down
+        up *= 1.0 / (2 * step)
+        return up
 
 
 def power_iteration(matvec: Callable[[np.ndarray], np.ndarray], v0: np.ndarray,

@@ -33,10 +33,10 @@ class Defaults:
     shuffle: bool = True
     clip: str = "none"
     record_every: int = 10
-    # instruments (``bpdiag.instruments``): ``train()`` itself takes none unless asked; a sweep's
-    # run and ``bpdiag train`` take the Jacobian spectrum at init (a few ms for these nets)
+    # instruments (``bpdiag.instruments``), off unless asked for (sweeps/default.yaml asks for
+    # the Jacobian; a sweep's run and ``bpdiag train`` skip it for BatchNorm nets)
     sharpness_every: int = 0  # records between sharpness measurements (0: none)
-    jacobian_inputs: int = 4  # inputs of the Jacobian spectrum at init (BatchNorm nets: none)
+    jacobian_inputs: int = 0  # inputs of the Jacobian spectrum at init (0: none)
 
 
 DEFAULTS = Defaults()

@@ -87,10 +87,17 @@ class RunConfig(BaseModel):
     batch_size: Int = Field(DEFAULTS.batch_size, ge=1)
     steps: Int = Field(DEFAULTS.steps, ge=1, le=10_000_000)
     record_every: Int = Field(DEFAULTS.record_every, ge=1)
-    sharpness_every: Int = Field(DEFAULTS.sharpness_every, ge=0,
-                                 description="records between sharpness measurements; 0: none")
-    jacobian_inputs: Int = Field(DEFAULTS.jacobian_inputs, ge=0, le=256,
-                                 description="inputs of the Jacobian spectrum at init; 0: none")
+    sharpness_every: Int = Field(
+        DEFAULTS.sharpness_every,
+        ge=0,
+        description="records between sharpness measurements; 0: none",
+    )
+    jacobian_inputs: Int = Field(
+        DEFAULTS.jacobian_inputs,
+        ge=0,
+        le=256,
+        description="inputs of the Jacobian spectrum at init; 0: none",
+    )
     seed: Int = Field(DEFAULTS.seed, ge=0, le=2**32 - 1)
     dtype: Literal["float32", "float64"] = DEFAULTS.dtype
     norm: str = DEFAULTS.norm
@@ -218,7 +225,7 @@ class RunConfig(BaseModel):
 RUN_FIELDS = tuple(RunConfig.model_fields)
 # fields added after stores were written, with the default that means "as before they existed"
 LATER_FIELDS = {"norm": "none", "residual": False, "residual_scale": 1.0,
-                "sharpness_every": 0, "jacobian_inputs": 4}  # fmt: skip
+                "sharpness_every": 0, "jacobian_inputs": 0}  # fmt: skip
 
 
 class Axis(BaseModel):

@@ -42,7 +42,9 @@ def experiment_note(spec, runs: list, th: Thresholds | None = None) -> str:
         "A child's charts, in MLflow's order: `batch/…` (loss, accuracy, gradient norm) over "
         "training steps; `depth/log10_delta/0_init` … `/3_end` with the **layer index as "
         "step** (the error signal across depth at init, ¼, ½ and the end of training); "
-        "`layer/…`, a few layers' series over steps; then `summary/…`, one number each.",
+        "`instruments/…`, the per-sample gradient noise scale `B_simple` and SNR (and the "
+        "sharpness, where measured) over steps; `layer/…`, a few layers' series over steps; "
+        "then `summary/…`, one number each.",
     ]
     return "\n".join(lines)
 
@@ -67,8 +69,16 @@ def child_note(result, th: Thresholds | None = None) -> str:
     by_name = {s.name: s for s in SUMMARY}
     for name, value in result.evidence.items():
         lines.append(f"| `{by_name[name].key}` | {_fmt(value)} |")
-    lines += ["", "Figures: `gradient_flow.png`; each layer at init, ¼, ½ and the end: "
-              "`depth_profile.csv`; every record of every layer: `layers.parquet`."]  # fmt: skip
+    measured = [(s, result.summary.get(s.name, math.nan)) for s in SUMMARY
+                if s.group == "instruments"]  # fmt: skip
+    measured = [(s, v) for s, v in measured if math.isfinite(v)]
+    if measured:
+        lines += ["", "| instrument | value |", "| --- | ---: |"]
+        lines += [f"| `{s.key}` | {_fmt(v)} |" for s, v in measured]
+    lines += ["", "Figures: `gradient_flow.png`, `instruments.png` (noise scale per layer, "
+              "sharpness against 2/lr, the Jacobian's spectrum at init); each layer at init, ¼, "
+              "½ and the end: `depth_profile.csv`; every record of every layer: "
+              "`layers.parquet`."]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -79,7 +79,7 @@ def test_new_fields_keep_the_keys_of_configs_that_leave_them_unset():
             RunConfig(depth=3, residual=True, residual_scale="inv_sqrt_depth").run_key,
             RunConfig(depth=3, residual=True, residual_scale=0.5).run_key,
             RunConfig(depth=3, sharpness_every=5).run_key,
-            RunConfig(depth=3, jacobian_inputs=0).run_key}  # fmt: skip
+            RunConfig(depth=3, jacobian_inputs=4).run_key}  # fmt: skip
     assert len(keys) == 8
 
 
