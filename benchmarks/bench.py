@@ -360,7 +360,7 @@ def instrument_costs(seconds: float) -> dict[str, dict[str, float]]:
     depth, width, batch, n_in = CONFIGS["M"]
     for dtype in ("float32", "float64"):
         impl = Bpdiag("M", "tanh", dtype, 1)
-        step = min(impl.run(20) for _ in range(5))
+        step = min(impl.run(200) for _ in range(3))
         rng = np.random.default_rng(0)
         D = rng.normal(size=(depth, batch, width)).astype(dtype)
         A = rng.normal(size=(depth, batch, width)).astype(dtype)

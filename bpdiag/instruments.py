@@ -41,6 +41,16 @@ SHARPNESS_ITERS = 100  # … or after this many Hessian-vector products (per pha
 SHARPNESS_ROWS = 1024  # rows of the training set the sharpness is measured on (at most)
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """aᵀb without NumPy's BLAS: its threads, spinning after a call, would compete on the cores
+    with those of the kernels' BLAS (another library) in the gradient passes in between."""
+    return float(np.sum(a * b))
+
+
+def _norm(a: np.ndarray) -> float:
+    return math.sqrt(_dot(a, a))
+
+
 def _float64_twin(net: MLP) -> MLP:
     """A float64 MLP with ``net``'s architecture, parameters and running statistics."""
     twin = MLP(net.sizes, activation=net.activation, loss=net.loss,
@@ -78,7 +88,7 @@ class LossSurface:
     def hvp(self, v: np.ndarray, theta: np.ndarray | None = None) -> np.ndarray:
         """H(θ) v by the central difference of the module docstring (v of any norm)."""
         theta = self.theta if theta is None else theta
-        norm = float(np.linalg.norm(v))
+        norm = _norm(v)
         if norm == 0:
             return np.zeros_like(v)
         step = HVP_STEP / norm
@@ -96,12 +106,12 @@ def power_iteration(matvec: Callable[[np.ndarray], np.ndarray], v0: np.ndarray,
     """The eigenvalue of largest magnitude of a symmetric operator and its unit eigenvector, by
     power iteration from v0: the Rayleigh quotient λ = vᵀAv until it changes by at most
     tol·|λ| between iterations. Returns (λ, v, products taken)."""
-    v = v0 / np.linalg.norm(v0)
+    v = v0 / _norm(v0)
     lam = math.nan
     for k in range(1, max_iter + 1):
         w = matvec(v)
-        new = float(v @ w)
-        size = float(np.linalg.norm(w))
+        new = _dot(v, w)
+        size = _norm(w)
         if size == 0 or not math.isfinite(size):
             return new, v, k
         if abs(new - lam) <= tol * abs(new):
