@@ -42,7 +42,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check bpdiag tests benchmarks
 	$(BIN)/ruff format --check bpdiag tests benchmarks
 
-bench: $(STAMP)
+bench: $(STAMP)  # JAX is a peer where pip can install it (PyPI); skipped where it cannot
+	$(BIN)/python -c "import jax, optax" 2>/dev/null || \
+	  $(BIN)/python -m pip install -q jax jaxlib optax 2>/dev/null || \
+	  echo "JAX could not be installed: its columns will be skipped"
 	$(BIN)/python benchmarks/bench.py $(BENCH_FLAGS)
 
 clean: clean-cache

@@ -1,5 +1,6 @@
 """One training step — forward, backward, per-layer gradient norms, clip_grad_norm_, Adam — timed
-for bpdiag, PyTorch CPU (if installed) and plain NumPy, interleaved in one process.
+for bpdiag, PyTorch CPU and JAX (jit per step, and lax.scan over a chunk of steps; each if
+installed) and plain NumPy, interleaved in one process.
 
     python benchmarks/bench.py                      # everything (about 20 minutes)
     python benchmarks/bench.py --configs S,M --acts tanh --dtypes float32 --no-compile
@@ -69,9 +70,9 @@ def problem(cfg: str, dtype: str) -> tuple[np.ndarray, np.ndarray]:
 class Bpdiag:
     name = "bpdiag"
 
-    def __init__(self, cfg, act, dtype, record_every=1, norm="none"):
+    def __init__(self, cfg, act, dtype, record_every=1, norm="none", init="xavier_normal"):
         self.X, self.Y = problem(cfg, dtype)
-        self.net = bpdiag.MLP(sizes_of(cfg), activation=act, loss="bce", init="xavier_normal",
+        self.net = bpdiag.MLP(sizes_of(cfg), activation=act, loss="bce", init=init,
                               dtype=dtype, norm=norm)  # fmt: skip
         self.record_every = record_every
 
@@ -181,6 +182,70 @@ class Torch:
             self.opt.step()
         norms[0].item()
         return (time.perf_counter() - start) / n
+
+
+class Jax:
+    """The same step in JAX: forward, backward (``jax.value_and_grad``), the per-layer weight-
+    gradient norms, ``optax.clip_by_global_norm(1.0)`` and ``optax.adam(1e-4)``, compiled whole
+    by XLA: one ``jax.jit`` call per step, or with ``scan`` steps fused into one call by
+    ``jax.lax.scan`` (no per-step dispatch at all), the norms and losses of every step returned
+    (recorded every step, as bpdiag's). The same initial weights and data as bpdiag's."""
+
+    def __init__(self, cfg, act, dtype, scan: int = 0):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        jax.config.update("jax_enable_x64", True)  # float64 arrays stay float64 (float32 stay 32)
+        self.name = f"jax scan({scan})" if scan else "jax jit"
+        self.jax, self.scan = jax, scan
+        X, Y = problem(cfg, dtype)
+        net = bpdiag.MLP(sizes_of(cfg), activation=act, loss="bce", init="xavier_normal",
+                         dtype=dtype)  # fmt: skip
+        params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in net.params]
+        X, Y = jnp.asarray(X), jnp.asarray(Y)
+        phi = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid}[act]
+        opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-4))
+
+        def loss_fn(params):
+            a = X
+            for W, b in params[:-1]:
+                a = phi(a @ W.T + b)
+            W, b = params[-1]
+            return optax.sigmoid_binary_cross_entropy(a @ W.T + b, Y).mean()
+
+        def step(carry, _):
+            params, state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            norms = jnp.stack([jnp.linalg.norm(g[0]) for g in grads])  # the per-layer record
+            updates, state = opt.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), (loss, norms)
+
+        self.carry = (params, opt.init(params))
+        if scan:
+            self.call = jax.jit(lambda c: jax.lax.scan(step, c, None, length=scan))
+        else:
+            self.call = jax.jit(lambda c: step(c, None))
+
+    def run(self, n: int) -> float:
+        calls = -(-n // self.scan) if self.scan else n
+        start = time.perf_counter()
+        for _ in range(calls):
+            self.carry, out = self.call(self.carry)
+        self.jax.block_until_ready(out)
+        return (time.perf_counter() - start) / (calls * (self.scan or 1))
+
+
+JAX_SCAN = 20  # steps fused per lax.scan call (a chunk, as bpdiag's kernel calls run chunks)
+
+
+def have_jax() -> bool:
+    try:
+        import jax  # noqa: F401
+        import optax  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class Numpy:
@@ -336,6 +401,63 @@ def compile_times() -> dict[str, float]:
         return out
 
 
+SUBNORMAL = ([64] + [192] * 35 + [1], 128)  # sizes, batch: a ReLU/Xavier net that goes subnormal
+DATA_TRAIN = 400  # steps each net trains before it is timed (the slowdown came after ~40)
+
+
+class Trained(Bpdiag):
+    """bpdiag's step on the ``SUBNORMAL`` shape (Adam + clip_grad_norm_, one thread), after the
+    net has trained ``DATA_TRAIN`` steps: where its numbers have gone (tiny gradients, Adam's
+    moments decaying toward the subnormal range) is what the timing sees."""
+
+    def __init__(self, act, init, dtype):
+        sizes, batch = SUBNORMAL
+        rng = np.random.default_rng(0)
+        self.X = rng.normal(size=(batch, sizes[0])).astype(dtype)
+        self.Y = (rng.uniform(size=(batch, 1)) > 0.5).astype(dtype)
+        self.net = bpdiag.MLP(sizes, activation=act, loss="bce", init=init, dtype=dtype)
+        self.record_every, self.name = 1, f"{act} {init}"
+        self.run(DATA_TRAIN)
+
+    def run(self, n: int) -> float:
+        hist = bpdiag.train(self.net, self.X, self.Y, optimizer="adam", lr=1e-4, steps=n,
+                            batch_size=None, clip="norm", clip_value=1.0, record_every=1,
+                            threads=1)  # fmt: skip
+        return hist.train_seconds / n
+
+
+def data_dependence(dtypes: list[str], seconds: float) -> list[dict]:
+    """The step of a net whose numbers go subnormal (ReLU, Xavier, 36 × 192, batch 128, Adam
+    and clipping) against the same shape with tanh and He init, each after ``DATA_TRAIN``
+    steps, interleaved: a slowdown of the data alone shows as a ratio above 1; also the share
+    of subnormal values in Adam's second moment and in the gradient."""
+    rows = []
+    print(f"\n{'data-dependent, one thread':34s} {'ms':>8s} {'vs tanh he':>11s} "
+          f"{'subnormal v':>12s} {'subnormal g':>12s}")  # fmt: skip
+    for dtype in dtypes:
+        impls = [Trained("tanh", "he_normal", dtype), Trained("relu", "xavier_normal", dtype),
+                 Trained("relu", "he_normal", dtype)]  # fmt: skip
+        med = interleaved(impls, 2 * seconds, best=True)
+        ref = med[impls[0]]
+        tiny = np.finfo(dtype).tiny
+        from bpdiag import training
+
+        for impl in impls:
+            hist = bpdiag.train(impl.net, impl.X, impl.Y, optimizer="adam", lr=1e-4, steps=1,
+                                batch_size=None, clip="norm", clip_value=1.0, threads=1)  # fmt: skip
+            ws = next(iter(training._spare.values()))
+            sub = {k: float(np.mean((np.abs(a) > 0) & (np.abs(a) < tiny)))
+                   for k, a in (("v", ws.state[1]), ("g", ws.buffers.grads))}  # fmt: skip
+            row = {"case": f"{impl.name} {dtype}", "ms": med[impl] * 1e3,
+                   "vs_reference": med[impl] / ref, "subnormal_v": sub["v"],
+                   "subnormal_g": sub["g"]}  # fmt: skip
+            del hist
+            rows.append(row)
+            print(f"{row['case']:34s} {row['ms']:8.3f} {row['vs_reference']:11.2f} "
+                  f"{sub['v']:12.2%} {sub['g']:12.2%}", flush=True)  # fmt: skip
+    return rows
+
+
 def instrument_costs(seconds: float) -> dict[str, dict[str, float]]:
     """What each instrument costs on M tanh (float32 and float64), in ms and in training steps
     (the step timed here alone, recording every step): the per-sample gradient statistics of
@@ -432,18 +554,31 @@ def markdown(result: dict) -> str:
         "",
     ]
     base = all("baseline_ms" in r for r in result["steps"])
-    lines.append("| case | bpdiag ms | PyTorch ms | NumPy ms | PyTorch / bpdiag | GFLOP/s | of GEMM |"
+    lines.append("| case | bpdiag ms | PyTorch ms | NumPy ms | JAX jit ms | JAX scan ms | "
+                 "PyTorch / bpdiag | JAX scan / bpdiag | GFLOP/s | of GEMM |"
                  + (" this, alone ms | baseline, alone ms | this / baseline |" if base else ""))  # fmt: skip
     lines.append(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         + (" ---: | ---: | ---: |" if base else "")
     )
     for r in result["steps"]:
         lines.append(f"| {r['config']} {r['activation']} {r['dtype']} | {r['bpdiag_ms']:.3f} | "
-                     f"{r['torch_ms']:.3f} | {r['numpy_ms']:.3f} | {r['speedup_vs_torch']:.2f}× | "
+                     f"{r['torch_ms']:.3f} | {r['numpy_ms']:.3f} | "
+                     f"{r.get('jax_jit_ms', float('nan')):.3f} | "
+                     f"{r.get('jax_scan_ms', float('nan')):.3f} | {r['speedup_vs_torch']:.2f}× | "
+                     f"{r.get('speedup_vs_jax_scan', float('nan')):.2f}× | "
                      f"{r['gflops']:.0f} | {r['fraction_of_gemm']:.0%} |"
                      + (f" {r['this_ms']:.3f} | {r['baseline_ms']:.3f} | {r['vs_baseline']:.3f} |"
                         if base else ""))  # fmt: skip
+    if result.get("data_steps"):
+        lines += ["", f"Data-dependent speed (sizes {SUBNORMAL[0][0]} → {SUBNORMAL[0][1]} × "
+                  f"{len(SUBNORMAL[0]) - 2} → 1, batch {SUBNORMAL[1]}, Adam + clip_grad_norm_, "
+                  f"one thread, after {DATA_TRAIN} steps):", "",
+                  "| case | ms | vs tanh he_normal | subnormal in Adam's v | subnormal in g |",
+                  "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for r in result["data_steps"]:
+            lines.append(f"| {r['case']} | {r['ms']:.3f} | {r['vs_reference']:.2f} | "
+                         f"{r['subnormal_v']:.2%} | {r['subnormal_g']:.2%} |")  # fmt: skip
     if result.get("norm_steps"):
         lines += ["", "Normalized nets (BatchNorm or LayerNorm on every hidden layer) against the plain "
                   "net and PyTorch's Linear → norm → φ model:", "",
@@ -488,6 +623,12 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--seconds", type=float, default=1.5, help="per implementation and case")
     ap.add_argument("--no-numpy", action="store_true", help="skip the plain-NumPy peer")
+    ap.add_argument("--no-jax", action="store_true", help="skip the JAX peers (jit, lax.scan)")
+    ap.add_argument(
+        "--no-data",
+        action="store_true",
+        help="skip the data-dependent rows (a net that goes subnormal)",
+    )
     ap.add_argument("--norms", default="batchnorm,layernorm",
                     help="normalized nets against the plain one and PyTorch's ('' skips)")  # fmt: skip
     ap.add_argument("--norm-configs", default="M,L")
@@ -505,12 +646,17 @@ def main() -> None:
     torch_ok = have_torch()
     if not torch_ok:
         print("note: PyTorch not installed (pip install -e '.[bench]'); its column is skipped")
+    jax_ok = have_jax() and not args.no_jax
+    if not jax_ok and not args.no_jax:
+        print("note: JAX not installed (pip install jax jaxlib optax); its columns are skipped")
     result = {"machine": machine(), "steps": [], "date": time.strftime("%Y-%m-%d %H:%M")}
     result["gemm_gflops"] = {dt: gemm_rate(dt) for dt in ("float32", "float64")}
     print(f"bpdiag's GEMM: {result['machine']['kernel_gemm']}")
     print(f"numpy GEMM (512×1024 @ 1024×1024): sgemm {result['gemm_gflops']['float32']:.0f} "
           f"GFLOP/s, dgemm {result['gemm_gflops']['float64']:.0f} GFLOP/s")  # fmt: skip
-    header = f"{'case':24s} {'bpdiag ms':>10s} {'torch ms':>10s} {'numpy ms':>10s} {'torch/bp':>9s} {'np/bp':>7s} {'GFLOP/s':>8s} {'of gemm':>8s}"
+    header = (f"{'case':24s} {'bpdiag ms':>10s} {'torch ms':>10s} {'numpy ms':>10s} "
+              f"{'jit ms':>9s} {'scan ms':>9s} {'torch/bp':>9s} {'np/bp':>7s} {'scan/bp':>8s} "
+              f"{'GFLOP/s':>8s} {'of gemm':>8s}")  # fmt: skip
     print(header + (f" {'this ms':>9s} {'base ms':>9s} {'this/base':>9s}" if args.baseline else ""))
     for cfg in args.configs.split(","):
         for act in args.acts.split(","):
@@ -518,6 +664,7 @@ def main() -> None:
                 impls = [Bpdiag(cfg, act, dtype)]
                 impls += [Torch(cfg, act, dtype, th) for th in (1, 2)] if torch_ok else []
                 impls += [] if args.no_numpy else [Numpy(cfg, act, dtype)]
+                impls += [Jax(cfg, act, dtype), Jax(cfg, act, dtype, JAX_SCAN)] if jax_ok else []
                 if args.baseline:  # the A/B: this checkout and the other, each in a child
                     impls += [Child(None, cfg, act, dtype), Child(args.baseline, cfg, act, dtype)]
                 med = interleaved(impls, args.seconds, best=True)
@@ -527,10 +674,15 @@ def main() -> None:
                 bp = med[impls[0]]
                 th = min((t for i, t in med.items() if i.name == "pytorch"), default=float("nan"))
                 npy = next((t for i, t in med.items() if i.name == "numpy"), float("nan"))
+                jit = next((t for i, t in med.items() if i.name == "jax jit"), float("nan"))
+                scan = next((t for i, t in med.items() if i.name.startswith("jax scan")),
+                            float("nan"))  # fmt: skip
                 gflops = flops_per_step(cfg) / bp / 1e9
                 row = {"config": cfg, "activation": act, "dtype": dtype, "bpdiag_ms": bp * 1e3,
                        "torch_ms": th * 1e3, "numpy_ms": npy * 1e3, "speedup_vs_torch": th / bp,
-                       "speedup_vs_numpy": npy / bp, "gflops": gflops,
+                       "speedup_vs_numpy": npy / bp, "jax_jit_ms": jit * 1e3,
+                       "jax_scan_ms": scan * 1e3, "speedup_vs_jax_jit": jit / bp,
+                       "speedup_vs_jax_scan": scan / bp, "gflops": gflops,
                        "fraction_of_gemm": gflops / result["gemm_gflops"][dtype]}  # fmt: skip
                 base = next((t for i, t in med.items() if i.name == "baseline"), None)
                 this = next((t for i, t in med.items() if i.name == "this"), None)
@@ -540,7 +692,8 @@ def main() -> None:
                     extra = f" {this * 1e3:9.3f} {base * 1e3:9.3f} {this / base:8.3f}"
                 result["steps"].append(row)
                 print(f"{cfg + ' ' + act + ' ' + dtype:24s} {bp * 1e3:10.3f} {th * 1e3:10.3f} "
-                      f"{npy * 1e3:10.3f} {th / bp:9.2f} {npy / bp:7.2f} {gflops:8.1f} "
+                      f"{npy * 1e3:10.3f} {jit * 1e3:9.3f} {scan * 1e3:9.3f} {th / bp:9.2f} "
+                      f"{npy / bp:7.2f} {scan / bp:8.2f} {gflops:8.1f} "
                       f"{row['fraction_of_gemm']:8.0%}{extra}", flush=True)  # fmt: skip
     if args.norms:
         print(f"\n{'case':34s} {'bpdiag ms':>10s} {'plain ms':>10s} {'torch ms':>10s} "
@@ -563,6 +716,8 @@ def main() -> None:
                     print(f"{' '.join((cfg, act, dtype, norm)):34s} {bp * 1e3:10.3f} "
                           f"{plain * 1e3:10.3f} {th * 1e3:10.3f} {bp / plain:9.2f} "
                           f"{th / bp:9.2f}", flush=True)  # fmt: skip
+    result["data_steps"] = [] if args.no_data else data_dependence(args.dtypes.split(","),
+                                                                      args.seconds)  # fmt: skip
     overhead = {}
     for dtype in args.dtypes.split(","):
         on = Bpdiag("M", "tanh", dtype, 1)
