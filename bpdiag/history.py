@@ -46,7 +46,7 @@ class History:
     steps_done: int
     diverged_step: int  # first step with a non-finite loss or gradient, −1 if none
     stopped_by: str | None  # None, "nonfinite" or the class name of the hook that stopped
-    train_seconds: float
+    train_seconds: float  # the steps' wall time (sharpness measurements left out)
     clipped_steps: int  # steps whose gradient the clipping changed
     model: dict  # sizes, activation, init, loss, dtype of the net
     input_second_moment: float  # q_0 = E[x²] of the training inputs (for the theory)

@@ -255,7 +255,8 @@ SUMMARY = (
     Scalar("jacobian_condition", "instruments", "σ_max/σ_min of the same Jacobian (median over"
            " the inputs)", False, "log10"),
     Scalar("clip_fraction", "outcome", "share of steps whose gradient clipping changed", False),
-    Scalar("train_seconds", "cost", "wall time of training", False),
+    Scalar("train_seconds", "cost", "wall time of the training steps (the sharpness"
+           " measurements' own time is left out)", False),
     Scalar("steps_per_second", "cost", "optimizer steps per second of training", False),
 )  # fmt: skip
 SUMMARY_NAMES = tuple(s.name for s in SUMMARY)
