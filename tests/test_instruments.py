@@ -156,6 +156,39 @@ def test_the_jacobian_spectrum_is_that_of_the_reference_jacobian(activation, nor
     assert (hidden.start, hidden.end) == (1, 3) and hidden.singular_values.shape == (1, 7)
 
 
+def _product_jacobian(params, x, activation, residual, alpha, start=0, end=None):
+    """∂a_end/∂a_start (a_L = z_L) by the chain rule in plain NumPy: Π_l (D_l W_l), D_l =
+    diag φ'(z_l) (none for the output layer), a skip adding the identity: (I + α D_l W_l)."""
+    L = len(params)
+    end = L if end is None else end
+    _, cache = ref.forward_net(params, x[None, :], activation, "none", residual, alpha)
+    J = np.eye(params[start][0].shape[1])
+    for l in range(start + 1, end + 1):
+        WJ = params[l - 1][0] @ J
+        if l == L:
+            return WJ
+        branch = ref.dphi(activation, cache[l - 1]["u"][:, 0])[:, None] * WJ
+        J = J + alpha * branch if cache[l - 1]["skip"] else branch
+    return J
+
+
+@pytest.mark.parametrize(("activation", "residual"), [("tanh", False), ("selu", True),
+                                                      ("sigmoid", False)])  # fmt: skip
+def test_the_jacobian_equals_the_chain_rule_product(activation, residual):
+    X, _ = make_problem("mse", m=2, n_in=6, n_out=4, seed=5)
+    net = MLP([6, 8, 8, 8, 8, 4], activation=activation, loss="mse", seed=1, residual=residual,
+              residual_scale=0.5)  # fmt: skip
+    js = jacobian_spectrum(net, X, inputs=2)
+    for i in range(2):
+        J = _product_jacobian(net.params, X[i], activation, residual, 0.5)
+        s = np.linalg.svd(J, compute_uv=False)
+        assert js.singular_values[i] == pytest.approx(s, rel=1e-12, abs=1e-14)
+    hidden = jacobian_spectrum(net, X, inputs=1, layers=(2, 4))
+    J = _product_jacobian(net.params, X[0], activation, residual, 0.5, 2, 4)
+    assert hidden.singular_values[0] == pytest.approx(np.linalg.svd(J, compute_uv=False),
+                                                      rel=1e-12, abs=1e-14)  # fmt: skip
+
+
 def test_saxe_a_deep_linear_net_with_orthogonal_weights_is_an_isometry():
     """Saxe, McClelland & Ganguli 2014: every singular value of J is exactly 1."""
     X = np.random.default_rng(0).normal(size=(3, 48))
