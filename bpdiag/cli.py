@@ -105,6 +105,7 @@ def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_s
     from bpdiag import data
     from bpdiag.diagnostics import figures
     from bpdiag.hooks import Progress
+    from bpdiag.instruments import jacobian_inputs_for
 
     console = Console()
     try:
@@ -117,7 +118,7 @@ def train(dataset, depth, width, activation, init, optimizer, lr, steps, batch_s
                             batch_size=batch_size, clip=clip, clip_value=clip_value,
                             record_every=record_every, seed=seed, hooks=[progress],
                             eval_data=(ds.X_test, ds.Y_test), sharpness_every=sharpness_every,
-                            jacobian_inputs=0 if norm == "batchnorm" else jacobian_inputs)  # fmt: skip
+                            jacobian_inputs=jacobian_inputs_for(norm, jacobian_inputs))  # fmt: skip
         progress.close()
     except (ValueError, TypeError) as err:
         raise click.UsageError(str(err)) from None

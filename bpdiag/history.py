@@ -12,11 +12,7 @@ import pandas as pd
 from bpdiag._core.slots import LAYER_SLOTS, STEP_SLOTS
 from bpdiag.diagnostics.theory import Prediction, predict
 from bpdiag.diagnostics.verdict import Diagnosis, diagnose
-from bpdiag.schema import SUMMARY, SUMMARY_NAMES
-
-# History.sharpness: the step, λ_max, 2/lr, λ_max·lr/2 (1 at the edge of stability), the
-# Hessian-vector products the power iteration took and the measurement's seconds
-SHARPNESS_COLUMNS = ("step", "sharpness", "two_over_lr", "eos_ratio", "products", "seconds")
+from bpdiag.schema import SHARPNESS_COLUMNS, SUMMARY, SUMMARY_NAMES
 
 
 def steps_table(rec_step: np.ndarray) -> pd.DataFrame:

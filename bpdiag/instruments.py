@@ -24,16 +24,19 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from bpdiag._core.codes import BATCHNORM, NORM_LAYER_EPS, TASK_GRADS
 from bpdiag._core.elementwise import dphi_array, phi_array
 from bpdiag._core.structs import make_buffers
 from bpdiag.diagnostics.theory import jacobian_gain
 from bpdiag.model import MLP
+from bpdiag.schema import SHARPNESS_COLUMNS
 
 HVP_STEP = 1e-5  # ε of the central difference along a unit vector
 SHARPNESS_TOL = 1e-4  # power iteration stops when λ changes by less than this, relatively
@@ -158,7 +161,64 @@ def sharpness_rows(m: int, seed: int, rows: int = SHARPNESS_ROWS) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(m, rows, replace=False))
 
 
+@dataclass
+class SharpnessLog:
+    """The sharpness measurements of one training (``train(sharpness_every=K)``): every
+    ``period`` steps, on fixed training rows (``sharpness_rows``), each warm-started from the
+    last eigenvector."""
+
+    period: int  # steps between measurements (0: none)
+    lr: float
+    surface: LossSurface | None = None  # the loss on the measured rows
+    vector: np.ndarray | None = None
+    rows: list = field(default_factory=list)
+
+    @classmethod
+    def of(cls, net: MLP, X: np.ndarray, Y: np.ndarray, period: int, lr: float,
+           seed: int) -> SharpnessLog:  # fmt: skip
+        """X, Y as ``train`` checked them (ce: labels in one column)."""
+        if not period:
+            return cls(0, lr)
+        idx = sharpness_rows(X.shape[0], seed)
+        return cls(period, lr, LossSurface(net, X[idx], Y[idx] if net.loss != "ce" else Y[idx, 0]))
+
+    @property
+    def seconds(self) -> float:
+        """Time the measurements took (``train`` leaves it out of ``train_seconds``)."""
+        return float(sum(row[-1] for row in self.rows))
+
+    def due(self, step: int) -> bool:
+        return bool(self.period) and step % self.period == 0
+
+    def steps_to_next(self, step: int) -> int:
+        return self.period - step % self.period if self.period else 2**62
+
+    def measure(self, net: MLP, step: int) -> None:
+        """λ_max at the net's parameters after ``step`` updates (the record of that step)."""
+        if not np.all(np.isfinite(net.theta)):
+            return
+        start = time.perf_counter()
+        self.surface.theta = net.theta.astype(np.float64)
+        self.surface.twin.running = net.running.astype(np.float64)
+        found = top_eigenvalue(self.surface, self.vector, seed=step)
+        self.vector = found.vector
+        self.rows.append((step, found.value, 2.0 / self.lr, found.value * self.lr / 2.0,
+                          found.products, time.perf_counter() - start))  # fmt: skip
+
+    def table(self) -> pd.DataFrame:
+        """History.sharpness (columns ``schema.SHARPNESS_COLUMNS``)."""
+        return pd.DataFrame(self.rows, columns=list(SHARPNESS_COLUMNS)).astype(
+            {"step": np.int64, "products": np.int64}
+        )
+
+
 # ---------------------------------------------------------------- the Jacobian at init
+
+
+def jacobian_inputs_for(norm: str, inputs: int) -> int:
+    """The ``jacobian_inputs`` a sweep's run and ``bpdiag train`` pass to ``train``: none for
+    a BatchNorm net (``train`` refuses one), else ``inputs``."""
+    return 0 if norm == "batchnorm" else inputs
 
 
 @dataclass(frozen=True)

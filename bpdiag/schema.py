@@ -262,7 +262,10 @@ SUMMARY = (
 SUMMARY_NAMES = tuple(s.name for s in SUMMARY)
 EVIDENCE_NAMES = tuple(s.name for s in SUMMARY if s.evidence)
 
-# History.sharpness columns logged as MLflow step metrics (step = the record's optimizer step)
+# History.sharpness: the step, λ_max, 2/lr, λ_max·lr/2 (1 at the edge of stability), the
+# Hessian-vector products the power iteration took and the measurement's seconds
+SHARPNESS_COLUMNS = ("step", "sharpness", "two_over_lr", "eos_ratio", "products", "seconds")
+# those of its columns logged as MLflow step metrics (step = the record's optimizer step)
 SHARPNESS_SERIES = (
     Series("sharpness", "instruments/sharpness", "λ_max of the loss's Hessian on fixed training"
            " rows (every sharpness_every records)"),

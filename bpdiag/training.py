@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numba
 import numpy as np
-import pandas as pd
 
 from bpdiag import blas, compiled
 from bpdiag._core.codes import BATCHNORM, STATUS_NONFINITE
@@ -20,8 +19,9 @@ from bpdiag._core.structs import Buffers, Feed, Records, Setup, make_buffers, n_
 from bpdiag.choices.clipping import clip_code
 from bpdiag.choices.defaults import DEFAULTS
 from bpdiag.choices.optim import resolve_optimizer
-from bpdiag.history import SHARPNESS_COLUMNS, History, layers_table, steps_table
+from bpdiag.history import History, layers_table, steps_table
 from bpdiag.hooks import Chunk, NaNGuard
+from bpdiag.instruments import SharpnessLog, jacobian_spectrum
 from bpdiag.model import MLP
 
 # Multiply-adds per kernel call: tens of milliseconds of work on one core. Hooks see the records
@@ -236,12 +236,8 @@ def train(
     setup = _setup(net, batch, optimizer, lr, clip, clip_value, nan_guard, threads, hooks,
                    dict(optimizer_options))  # fmt: skip
     library = compiled.ready()
-    jacobian = None
-    if jacobian_inputs:
-        from bpdiag.instruments import jacobian_spectrum
-
-        jacobian = jacobian_spectrum(net, X, jacobian_inputs, layers="hidden")
-    curvature = Curvature.of(net, X, Y, sharpness_every * record_every, lr, seed)
+    jacobian = jacobian_spectrum(net, X, jacobian_inputs, "hidden") if jacobian_inputs else None
+    curvature = SharpnessLog.of(net, X, Y, sharpness_every * record_every, lr, seed)
 
     n_rec = (steps - 1) // record_every + 2  # cadence, the last step, a non-finite step
     rec = Records(np.full((n_rec, len(STEP_SLOTS)), np.nan),
@@ -290,63 +286,9 @@ def _count(name: str, value: object) -> int:
     return int(value)
 
 
-@dataclass
-class Curvature:
-    """The sharpness measurements of one training (``bpdiag.instruments``): every ``period``
-    steps, on fixed training rows, each warm-started from the last eigenvector."""
-
-    period: int  # steps between measurements (0: none)
-    lr: float
-    surface: object = None  # instruments.LossSurface on the measured rows
-    vector: np.ndarray | None = None
-    rows: list = field(default_factory=list)
-
-    @classmethod
-    def of(cls, net: MLP, X: np.ndarray, Y: np.ndarray, period: int, lr: float,
-           seed: int) -> Curvature:  # fmt: skip
-        if not period:
-            return cls(0, lr)
-        from bpdiag.instruments import LossSurface, sharpness_rows
-
-        idx = sharpness_rows(X.shape[0], seed)
-        Y_rows = Y[idx] if net.loss != "ce" else Y[idx, 0]
-        return cls(period, lr, LossSurface(net, X[idx], Y_rows))
-
-    @property
-    def seconds(self) -> float:
-        """Time the measurements took (``train`` leaves it out of ``train_seconds``)."""
-        return float(sum(row[-1] for row in self.rows))
-
-    def due(self, step: int) -> bool:
-        return bool(self.period) and step % self.period == 0
-
-    def steps_to_next(self, step: int) -> int:
-        return self.period - step % self.period if self.period else 2**62
-
-    def measure(self, net: MLP, step: int) -> None:
-        """λ_max at the net's parameters after ``step`` updates (the record of that step)."""
-        from bpdiag.instruments import top_eigenvalue
-
-        if not np.all(np.isfinite(net.theta)):
-            return
-        start = time.perf_counter()
-        self.surface.theta = net.theta.astype(np.float64)
-        self.surface.twin.running = net.running.astype(np.float64)
-        found = top_eigenvalue(self.surface, self.vector, seed=step)
-        self.vector = found.vector
-        self.rows.append((step, found.value, 2.0 / self.lr, found.value * self.lr / 2.0,
-                          found.products, time.perf_counter() - start))  # fmt: skip
-
-    def table(self) -> pd.DataFrame:
-        """History.sharpness (columns: ``SHARPNESS_COLUMNS``)."""
-        return pd.DataFrame(self.rows, columns=list(SHARPNESS_COLUMNS)).astype(
-            {"step": np.int64, "products": np.int64}
-        )
-
-
 def _run(net: MLP, ws: Workspace, setup: Setup, X: np.ndarray, Y: np.ndarray,
          sampler: BatchSampler, rec: Records, steps: int, hooks: Sequence[object],
-         curvature: Curvature) -> tuple[int, int, str | None, int]:  # fmt: skip
+         curvature: SharpnessLog) -> tuple[int, int, str | None, int]:  # fmt: skip
     """The kernel, chunk after chunk, with the hooks between: chunks of 16, 32, 64, … steps up
     to ``chunk_steps`` (so a hook sees a young run often, an old one cheaply), cut where the
     sharpness is due. Returns (steps done, records written, what stopped training, the

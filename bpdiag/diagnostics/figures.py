@@ -8,6 +8,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from bpdiag.diagnostics.verdict import layer_profile
+from bpdiag.schema import charted_layers
 
 LABEL_COLORS = {
     "healthy": "tab:green",
@@ -202,7 +203,7 @@ def instruments(hist, title: str | None = None) -> Figure:
     # noise scale per layer
     layers = hist.layers
     depth = int(layers["layer"].max())
-    shown = _charted(depth)
+    shown = charted_layers(depth)
     cmap = colormaps["viridis"]
     for layer in shown:
         rows = layers[layers["layer"] == layer]
@@ -253,12 +254,6 @@ def instruments(hist, title: str | None = None) -> Figure:
     _place_labels(fig.axes, y=-0.1)
     _suptitle(fig, hist, title)
     return fig
-
-
-def _charted(depth: int) -> list[int]:
-    from bpdiag.schema import charted_layers
-
-    return charted_layers(depth)
 
 
 def _positive(values) -> np.ndarray:

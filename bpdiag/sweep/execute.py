@@ -66,6 +66,7 @@ def _figures():
 def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
     """Train one configuration and diagnose it; never raises (a failure is a FAILED result)."""
     from bpdiag.diagnostics.figures import run_title
+    from bpdiag.instruments import jacobian_inputs_for
     from bpdiag.model import MLP
     from bpdiag.training import train
 
@@ -86,7 +87,7 @@ def execute(cfg: RunConfig, figures: bool = True) -> RunResult:
             record_every=cfg.record_every, seed=cfg.seed, eval_data=(ds.X_test, ds.Y_test),
             threads=1,  # one worker process per core: one thread each
             sharpness_every=cfg.sharpness_every,
-            jacobian_inputs=0 if cfg.norm == "batchnorm" else cfg.jacobian_inputs,
+            jacobian_inputs=jacobian_inputs_for(cfg.norm, cfg.jacobian_inputs),
             **cfg.optimizer_options(),
         )  # fmt: skip
         times["train_call_s"] = time.perf_counter() - t
