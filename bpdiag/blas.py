@@ -18,6 +18,7 @@ no BLAS.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import os
 import platform
@@ -70,14 +71,22 @@ def bound() -> Library | None:
 def single_threaded() -> Iterator[None]:
     """The bound BLAS on one thread inside the block (its threads would compete with Numba's
     for the same cores); MKL is sequential already."""
-    from threadpoolctl import ThreadpoolController
-
     lib = bind()
     if lib.backend == "mkl":
         yield
         return
-    with ThreadpoolController().select(filepath=lib.path).limit(limits=1):
+    with _controller(lib.path).limit(limits=1):
         yield
+
+
+@functools.cache
+def _controller(path: str) -> object:
+    """threadpoolctl's controller of the library at ``path``, found once: finding it scans the
+    process's libraries (1.6 ms, more than 10 steps of a small net), setting its threads takes
+    microseconds."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(filepath=path)
 
 
 # ---------------------------------------------------------------- finding and binding
