@@ -45,24 +45,24 @@ class Workspace:
     state: np.ndarray
 
     @classmethod
-    def new(cls, net: MLP, batch: int, n_targets: int) -> Workspace:
+    def new(cls, net: MLP, batch: int, n_targets: int, threads: int = 1) -> Workspace:
         # the state starts as zeros all the same: stale bits (an old array's integers read as
         # floats are subnormal) would slow the arithmetic a vectorized loop does on unused lanes
         state = np.zeros((3, n_params(net.layout)), net.dtype)
-        return cls(make_buffers(net.layout, batch, n_targets, net.dtype), state)
+        return cls(make_buffers(net.layout, batch, n_targets, net.dtype, threads), state)
 
 
-# The last call's workspace, by the net's layout, batch, targets and dtype: the next call with the same shapes
+# The last call's workspace, by the net's layout, batch, targets, dtype and threads: the next call with the same shapes
 # takes it instead of faulting in fresh pages (hundreds of MB for a wide net). Taken out while in
 # use, so a concurrent or nested call allocates its own; only one is kept.
 _spare: dict[tuple, Workspace] = {}
 
 
-def _workspace(net: MLP, batch: int, n_targets: int) -> tuple[tuple, Workspace]:
+def _workspace(net: MLP, batch: int, n_targets: int, threads: int) -> tuple[tuple, Workspace]:
     lay = net.layout
-    key = (tuple(net.sizes), lay.norm, tuple(lay.skip), batch, n_targets, net.dtype.str)
+    key = (tuple(net.sizes), lay.norm, tuple(lay.skip), batch, n_targets, net.dtype.str, threads)
     ws = _spare.pop(key, None)
-    return key, ws if ws is not None else Workspace.new(net, batch, n_targets)
+    return key, ws if ws is not None else Workspace.new(net, batch, n_targets, threads)
 
 
 def _keep(key: tuple, ws: Workspace) -> None:
@@ -244,7 +244,7 @@ def train(
                   np.full((n_rec, net.depth, len(LAYER_SLOTS)), np.nan), record_every, steps - 1,
                   np.zeros(1, np.int64))  # fmt: skip
     sampler = BatchSampler(m, batch, shuffle, seed)
-    key, ws = _workspace(net, batch, Y.shape[1])
+    key, ws = _workspace(net, batch, Y.shape[1], setup.threads)
     start = time.perf_counter()
     with _threading(setup.threads):
         done, rows, stopped_by, diverged = _run(net, ws, setup, X, Y, sampler, rec, steps, hooks,

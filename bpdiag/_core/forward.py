@@ -107,18 +107,20 @@ def forward(theta, running, net, buf, mb, mode):
 
 
 @njit(**JIT)
-def loss_delta(loss, Z, A, Y, D):
+def loss_delta(loss, Z, A, Y, D, batch):
     """Batch-mean loss and accuracy (NaN for mse); ∂L/∂a_L into D (``backward`` makes it
     δ_L = ∂L/∂a_L ⊙ φ'(z_L); for bce and ce the output is linear, a_L = z_L).
 
-    Z, A, D: (mb, k). Y: (mb, k) targets, or (mb, 1) integer labels stored as floats for ce.
-    Semantics of PyTorch's BCEWithLogitsLoss, CrossEntropyLoss and MSELoss (mean reduction).
+    Z, A, D: (mb, k) rows of a batch of ``batch`` rows (mb = batch but for the two-core step's
+    blocks, whose returned loss and accuracy add up to the batch's). Y: (mb, k) targets, or
+    (mb, 1) integer labels stored as floats for ce. Semantics of PyTorch's BCEWithLogitsLoss,
+    CrossEntropyLoss and MSELoss (mean reduction).
     """
     mb, k = Z.shape
     total = 0.0
     correct = 0.0
     if loss == BCE:
-        scale = 1.0 / (mb * k)
+        scale = 1.0 / (batch * k)
         for i in range(mb):
             for j in range(k):
                 z = Z[i, j]
@@ -128,7 +130,7 @@ def loss_delta(loss, Z, A, Y, D):
                 correct += 1.0 if (z > 0) == (y >= 0.5) else 0.0
         return total * scale, correct * scale
     if loss == CE:
-        scale = 1.0 / mb
+        scale = 1.0 / batch
         for i in range(mb):
             label = int(Y[i, 0])
             zmax = Z[i, 0]
@@ -147,7 +149,7 @@ def loss_delta(loss, Z, A, Y, D):
                 D[i, j] = (D[i, j] / s - (1.0 if j == label else 0.0)) * scale
             correct += 1.0 if best == label else 0.0
         return total * scale, correct * scale
-    scale = 1.0 / (mb * k)
+    scale = 1.0 / (batch * k)
     for i in range(mb):
         for j in range(k):
             e = A[i, j] - Y[i, j]
@@ -157,10 +159,10 @@ def loss_delta(loss, Z, A, Y, D):
 
 
 @njit(**JIT)
-def output_loss(net, buf, mb):
+def output_loss(net, buf, mb, batch):
     """The loss of the first mb rows of the output block against buf.Y, with ∂L/∂a_L written
-    into the delta block: (loss, accuracy)."""
+    into the delta block, as parts of a batch of ``batch`` rows: (loss, accuracy)."""
     L = net.sizes.size - 1
     n, off = net.sizes[L], buf.a_off[L]
     return loss_delta(net.loss, z_block(net.out_act, buf, off, mb, n), block(buf.acts, off, mb, n),
-                      buf.Y[:mb], block(buf.deltas, off, mb, n))  # fmt: skip
+                      buf.Y[:mb], block(buf.deltas, off, mb, n), batch)  # fmt: skip

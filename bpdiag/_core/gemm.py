@@ -50,13 +50,20 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, A, lda, B, ldb, beta, C, l
 
 
 @njit(cache=True, inline="always")
+def _ld(X):
+    """The leading dimension of a 2-D array whose rows are contiguous (elements between rows)."""
+    return max(X.strides[0] // X.itemsize, 1)
+
+
+@njit(cache=True, inline="always")
 def gemm(A, ta, B, tb, C):
-    """C = op(A) op(B) with op(X) = Xᵀ where the flag is True; A, B, C C-contiguous 2-D of one
-    float dtype, C (m, n). Row-major C is column-major Cᵀ = op(B)ᵀ op(A)ᵀ, which is the call."""
+    """C = op(A) op(B) with op(X) = Xᵀ where the flag is True; A, B, C 2-D of one float dtype,
+    each row contiguous (C-contiguous, or a block of columns of such an array), C (m, n).
+    Row-major C is column-major Cᵀ = op(B)ᵀ op(A)ᵀ, which is the call."""
     m, n = C.shape
     k = A.shape[0] if ta else A.shape[1]
-    _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, B.shape[1], A, A.shape[1], 0.0,
-                  C, n)  # fmt: skip
+    _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, _ld(B), A, _ld(A), 0.0, C,
+                  _ld(C))  # fmt: skip
 
 
 @njit(cache=True, inline="always")
@@ -64,5 +71,5 @@ def gemm_add(A, ta, B, tb, C):
     """C += op(A) op(B), as ``gemm``."""
     m, n = C.shape
     k = A.shape[0] if ta else A.shape[1]
-    _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, B.shape[1], A, A.shape[1], 1.0,
-                  C, n)  # fmt: skip
+    _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, _ld(B), A, _ld(A), 1.0, C,
+                  _ld(C))  # fmt: skip

@@ -25,7 +25,13 @@ from bpdiag._core.forward import block, output_loss, running_of
 from bpdiag._core.jit import JIT
 from bpdiag._core.norm import update_running
 from bpdiag._core.slots import N_STATS, S_ACC, S_LOSS
-from bpdiag._core.stats import activation_stats, grad_sq, record_gradients, record_update
+from bpdiag._core.stats import (
+    activation_stats,
+    grad_sq,
+    record_gradients,
+    record_update,
+    sample_sums,
+)
 from bpdiag._core.update import clip, update
 
 
@@ -55,7 +61,10 @@ def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
     sums = np.zeros((n_pcs, 3))  # (‖Δθ‖², ‖θ‖², ‖g‖²) of each optimizer piece
     seg = np.zeros((3 * L, 3))  # the same per W_l, b_l and (γ_l, β_l)
     zmax = np.empty((threads, L, net.sizes.max()))  # scratch of the activation statistics, per
-    part = np.empty((threads, L, N_STATS))  # thread (row block of the two-core forward) and layer
+    part = np.empty((threads, L, N_STATS))  # thread (row block of the two-core step) and layer
+    spart = np.zeros((threads, L, N_STATS))  # the two-core step's per-block sums,
+    lossacc = np.zeros((threads, 2))  # loss and accuracy, and ‖∂L/∂W_l‖² per part of a layer
+    gw_sq = np.zeros(threads * L)
     sc = np.empty((n_pcs, 10), theta.dtype)
     mode = EVAL if setup.task == TASK_EVAL else TRAIN  # BatchNorm's statistics
     for s in range(n_steps):
@@ -70,16 +79,17 @@ def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
         cadence = step % rec.every == 0 or step == rec.last  # a record step, unless it fails
         if setup.task == TASK_EVAL:
             serial_forward.forward(theta, running, net, buf, mb, mode)
-            rec.steps[row, S_LOSS], rec.steps[row, S_ACC] = output_loss(net, buf, mb)
+            rec.steps[row, S_LOSS], rec.steps[row, S_ACC] = output_loss(net, buf, mb, mb)
             return 1, row + 1, STATUS_OK
         if par:
-            parallel.forward(theta, net, buf, mb, threads, cadence, part, zmax)
+            blocks = min(threads, mb)  # blocks of rows, one per thread
+            parallel.passes(theta, net, buf, mb, blocks, cadence, part, zmax, spart, lossacc)
+            loss, acc = parallel.combine(net, buf, blocks, cadence, part, zmax, spart, lossacc)
+            parallel.weight_grads(net, buf, mb, threads, gw_sq)
+            parallel.reduce_bias(net, buf, blocks, threads, gw_sq)
         else:
             serial_forward.forward(theta, running, net, buf, mb, mode)
-        loss, acc = output_loss(net, buf, mb)
-        if par:
-            parallel.backward(theta, net, buf, mb)
-        else:
+            loss, acc = output_loss(net, buf, mb, mb)
             serial_backward.backward(theta, net, buf, mb)
         total_sq = 0.0
         for k in range(L):
@@ -87,8 +97,9 @@ def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
         stop = setup.nan_guard and not (math.isfinite(loss) and math.isfinite(total_sq))
         recording = cadence or stop
         if recording:
-            if not (par and cadence):  # the two-core forward took them already
+            if not (par and cadence):  # the two-core passes took them already
                 activation_stats(net, buf, mb, zmax[0])
+                sample_sums(net, buf, mb)
             record_gradients(rec, row, step, loss, acc, total_sq, net, buf, mb)
         if stop:  # keep the failing step's record; nothing is clipped or updated
             return s, row + 1, STATUS_NONFINITE

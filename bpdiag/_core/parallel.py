@@ -4,19 +4,22 @@ They cover plain nets; a net with normalization or skip connections runs its pas
 thread (its GEMMs on the BLAS's threads), which keeps the normalization out of these
 kernels and their compile time.
 
-- forward: each layer's GEMM and activation pass by row blocks of the batch, one per thread,
-  and on record steps the activation statistics of the block just written;
-- backward: a layer's two GEMMs side by side, ∂L/∂W_l = δ_lᵀ a_{l−1} (with its norms) on one
-  thread and δ_{l−1} = (δ_l W_l) ⊙ φ'(z_{l−1}) on another;
-- the optimizer step over pieces of the flat parameter vector (``pieces``), shared out evenly.
+- ``passes``: the batch's rows cut into T blocks, and each block's whole forward pass, loss
+  and δ_L … δ_1 on a thread of its own (a row's δ depends on that row alone), so that the
+  threads meet once for the passes, not twice a layer. Thread t's ∂L/∂b_l over its rows goes
+  into ``buf.grads`` (t = 0) or ``buf.grads_part[t − 1]``, its sums into a block of its own;
+- ``weight_grads``: then ∂L/∂W_l = δ_lᵀ a_{l−1} over the whole batch, each thread a share of
+  every layer's rows (one product over the batch, no partial sums to add up), with their ‖·‖²;
+- ``combine`` and ``reduce_bias`` (one thread, a few numbers a layer): the blocks' sums;
+- ``update``: the optimizer step over pieces of the flat parameter vector (``pieces``).
 
 Numba cannot pass a tuple into a parallel loop's body, so each loop below takes the arrays and
 scalars out of the named tuples before it and puts them back together inside it.
 
-Results agree with one thread's to rounding: BLAS may round a GEMM over a block of rows
-differently from one over the whole batch, and a record's per-layer sums add their pieces in
-another order. Entering a parallel region has a fixed cost, so this pays only for layers with
-many multiply-adds a step (``bpdiag.training`` picks).
+Results agree with one thread's to rounding: BLAS may round a GEMM over a block of rows or
+columns differently from one over the whole, and the records' sums add their pieces in another
+order. Entering a parallel region has a fixed cost,
+so this pays only for nets with enough multiply-adds a step (``bpdiag.training`` picks).
 """
 
 from __future__ import annotations
@@ -24,13 +27,24 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from bpdiag._core.backward import output_delta, plain_delta_below, weight_grad
-from bpdiag._core.forward import block, plain_dense
+from bpdiag._core.backward import output_delta, plain_delta_below
+from bpdiag._core.forward import block, output_loss, plain_dense
+from bpdiag._core.gemm import gemm
 from bpdiag._core.jit import JIT
-from bpdiag._core.slots import T_ACT_SQ, T_ACT_SUM, T_DEAD, T_SAT
-from bpdiag._core.stats import activation_sums, dead_units
+from bpdiag._core.slots import (
+    T_ACT_SQ,
+    T_ACT_SUM,
+    T_DEAD,
+    T_DELTA_SQ,
+    T_GB_SQ,
+    T_GW_SQ,
+    T_SAMPLE_SQ,
+    T_SAT,
+)
+from bpdiag._core.stats import activation_sums, dead_units, sample_sq_sum
 from bpdiag._core.structs import Buffers, Hyper, Net
 from bpdiag._core.update import update as update_piece
+from bpdiag._core.vmath import sumsq
 
 PIECE = 16384  # parameters per optimizer piece: far more work than handing a piece out costs
 
@@ -51,72 +65,117 @@ def pieces(net, size: int) -> np.ndarray:
 
 
 @njit(parallel=True, **JIT)
-def forward(theta, net, buf, mb, T, record, part, zmax):
-    """``forward.forward`` of a plain net with each layer's rows split into T blocks, one per
-    thread (T is passed in: ``numba.get_num_threads`` in a kernel would keep it out of the
-    on-disk cache). With ``record``, each thread also takes ``stats.activation_sums`` of the
-    block it has just written (part: (T, L, ≥ 3), zmax: (T, L, max width) scratch), combined
-    into buf.stats."""
+def passes(theta, net, buf, mb, T, record, part, zmax, spart, lossacc):
+    """Forward, loss and δ_L … δ_1 of a plain net over the first mb rows, cut into T ≤ mb
+    blocks of rows, each block's passes on one thread (T is passed in: ``numba.get_num_threads``
+    in a kernel would keep it out of the on-disk cache). Block t's ∂L/∂b_l goes into buf.grads
+    (t = 0) or buf.grads_part[t − 1], its Σδ_l² into spart[t, k, T_DELTA_SQ], its share of the
+    loss and accuracy into lossacc[t]; with ``record``, its ``stats.activation_sums`` into
+    part[t, k] and zmax[t, k] (scratch: (T, L, ≥ 3) and (T, L, max width)) and its
+    ``stats.sample_sq_sum`` into spart[t, k, T_SAMPLE_SQ]."""
     sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha = net
-    a_off, acts, zs, hs, deltas, Y, grads, stats, norms = buf
+    a_off, acts, zs, hs, deltas, Y, grads, stats, norms, grads_part = buf
     L = sizes.size - 1
-    for k in range(L):
-        n_out = sizes[k + 1]
-        code = act if k < L - 1 else out_act
-        for t in prange(T):
-            r0, r1 = t * mb // T, (t + 1) * mb // T
-            if r1 > r0:
-                net_t = Net(sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip,
-                            alpha)  # fmt: skip
-                buf_t = Buffers(a_off, acts, zs, hs, deltas, Y, grads, stats, norms)
-                plain_dense(theta, net_t, k, buf_t, r0, r1 - r0)
-                if record:
-                    off = a_off[k + 1] + r0 * n_out
-                    block_t = block(acts, off, r1 - r0, n_out)
-                    activation_sums(code, block_t, block_t, part[t, k], zmax[t, k])
-    if record:
-        _combine(net, buf, mb, T, part, zmax)
-
-
-@njit(**JIT)
-def _combine(net, buf, mb, T, part, zmax):
-    """The per-block statistics of ``forward`` into each layer's row of buf.stats."""
-    L = net.sizes.size - 1
-    for k in range(L):
-        n, code = net.sizes[k + 1], net.act if k < L - 1 else net.out_act
-        st = buf.stats[k]
-        st[T_ACT_SUM] = 0.0
-        st[T_ACT_SQ] = 0.0
-        st[T_SAT] = 0.0
-        first = -1
-        for t in range(T):
-            if (t + 1) * mb // T > t * mb // T:  # a block with rows
-                st[T_ACT_SUM] += part[t, k, T_ACT_SUM]
-                st[T_ACT_SQ] += part[t, k, T_ACT_SQ]
-                st[T_SAT] += part[t, k, T_SAT]
-                if first < 0:
-                    first = t
-                else:
-                    for j in range(n):
-                        zmax[first, k, j] = max(zmax[first, k, j], zmax[t, k, j])
-        st[T_DEAD] = dead_units(code, zmax[first, k, :n])
+    for t in prange(T):
+        r0, r1 = t * mb // T, (t + 1) * mb // T
+        rows = r1 - r0
+        net_t = Net(sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha)
+        off_t = a_off.copy()  # block j's rows from r0 on: a buffer of rows r0.. for the passes
+        for j in range(L + 1):
+            off_t[j] += r0 * sizes[j]
+        g_t = grads if t == 0 else grads_part[t - 1]
+        buf_t = Buffers(off_t, acts, zs, hs, deltas, Y[r0:r1], g_t, spart[t], norms, grads_part)
+        for k in range(L):
+            plain_dense(theta, net_t, k, buf_t, 0, rows)
+            if record:
+                n_out = sizes[k + 1]
+                a_t = block(acts, off_t[k + 1], rows, n_out)
+                activation_sums(act if k < L - 1 else out_act, a_t, a_t, part[t, k], zmax[t, k])
+        lossacc[t, 0], lossacc[t, 1] = output_loss(net_t, buf_t, rows, mb)
+        output_delta(net_t, buf_t, rows)
+        for k in range(L - 1, -1, -1):
+            n_in, n_out = sizes[k], sizes[k + 1]
+            if record:
+                spart[t, k, T_SAMPLE_SQ] = sample_sq_sum(block(deltas, off_t[k + 1], rows, n_out),
+                                                         block(acts, off_t[k], rows, n_in))  # fmt: skip
+            if k > 0:
+                plain_delta_below(theta, net_t, k, buf_t, rows)
 
 
 @njit(parallel=True, **JIT)
-def backward(theta, net, buf, mb):
-    """``backward.backward`` of a plain net with ∂L/∂W_l and δ_{l−1} of each layer on two
-    threads."""
-    output_delta(net, buf, mb)
-    sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha = net
-    a_off, acts, zs, hs, deltas, Y, grads, stats, norms = buf
-    for k in range(sizes.size - 2, -1, -1):
-        for task in prange(2):
-            net_t = Net(sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha)
-            buf_t = Buffers(a_off, acts, zs, hs, deltas, Y, grads, stats, norms)
-            if task == 0:
-                weight_grad(net_t, k, buf_t, mb)
-            elif k > 0:
-                plain_delta_below(theta, net_t, k, buf_t, mb)
+def weight_grads(net, buf, mb, T, wsq):
+    """∂L/∂W_l = δ_lᵀ a_{l−1} over the batch's mb rows for every layer, once ``passes`` has
+    written the δ_l: task q takes layer q mod L's rows of ∂L/∂W_l in part q // L of T (so each
+    thread gets a part of every layer), with its ‖·‖² into wsq[q] (wsq: (T L,) float64)."""
+    sizes, w_off, acts, deltas, a_off, grads = (net.sizes, net.w_off, buf.acts, buf.deltas,
+                                                buf.a_off, buf.grads)  # fmt: skip
+    L = sizes.size - 1
+    for q in prange(T * L):
+        k, part = q % L, q // L
+        n_in, n_out = sizes[k], sizes[k + 1]
+        j0, j1 = part * n_out // T, (part + 1) * n_out // T
+        wsq[q] = 0.0
+        if j1 > j0:
+            D = block(deltas, a_off[k + 1], mb, n_out)[:, j0:j1]
+            lo = w_off[k] + j0 * n_in
+            gemm(D, True, block(acts, a_off[k], mb, n_in), False, block(grads, lo, j1 - j0, n_in))
+            wsq[q] = sumsq(grads, lo, lo + (j1 - j0) * n_in)
+
+
+@njit(**JIT)
+def combine(net, buf, T, record, part, zmax, spart, lossacc):
+    """The blocks' sums of ``passes`` into buf.stats (Σδ_l², and with ``record`` the activation
+    statistics); returns the batch's (loss, accuracy)."""
+    L = net.sizes.size - 1
+    loss = 0.0
+    acc = 0.0
+    for t in range(T):
+        loss += lossacc[t, 0]
+        acc += lossacc[t, 1]
+    for k in range(L):
+        st = buf.stats[k]
+        st[T_DELTA_SQ] = 0.0
+        for t in range(T):
+            st[T_DELTA_SQ] += spart[t, k, T_DELTA_SQ]
+        if not record:
+            continue
+        st[T_SAMPLE_SQ] = 0.0
+        for t in range(T):
+            st[T_SAMPLE_SQ] += spart[t, k, T_SAMPLE_SQ]
+        n, code = net.sizes[k + 1], net.act if k < L - 1 else net.out_act
+        st[T_ACT_SUM] = 0.0
+        st[T_ACT_SQ] = 0.0
+        st[T_SAT] = 0.0
+        for t in range(T):
+            st[T_ACT_SUM] += part[t, k, T_ACT_SUM]
+            st[T_ACT_SQ] += part[t, k, T_ACT_SQ]
+            st[T_SAT] += part[t, k, T_SAT]
+            if t > 0:
+                for j in range(n):
+                    zmax[0, k, j] = max(zmax[0, k, j], zmax[t, k, j])
+        st[T_DEAD] = dead_units(code, zmax[0, k, :n])
+    return loss, acc
+
+
+@njit(**JIT)
+def reduce_bias(net, buf, T, parts, wsq):
+    """∂L/∂b_l = the T blocks' parts of ``passes`` added up in buf.grads; ‖∂L/∂b_l‖² and
+    ‖∂L/∂W_l‖² (the sum of its ``parts`` parts in ``weight_grads``'s wsq) into buf.stats."""
+    L = net.sizes.size - 1
+    for k in range(L):
+        b0, n = net.b_off[k], net.sizes[k + 1]
+        s = 0.0
+        for j in range(b0, b0 + n):
+            v = buf.grads[j]
+            for t in range(T - 1):
+                v += buf.grads_part[t, j]
+            buf.grads[j] = v
+            s += np.float64(v) * np.float64(v)
+        buf.stats[k, T_GB_SQ] = s
+        w = 0.0
+        for part in range(parts):
+            w += wsq[part * L + k]
+        buf.stats[k, T_GW_SQ] = w
 
 
 @njit(parallel=True, **JIT)

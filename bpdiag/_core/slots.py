@@ -67,9 +67,9 @@ LAYER_SLOTS = (
 
 # Per-layer sums of one step (``stats[k, T_*]``): the gradient ones come from the backward
 # pass every step, the activation ones from the forward pass's output on record steps only.
+# "sample_sumsq" (Σ_i ‖δ_i‖² (‖a_i‖² + 1), ``stats.sample_sq_sum``) on record steps too.
 STATS = ("act_sum", "act_sumsq", "saturated", "dead", "delta_sumsq", "gW_sumsq", "gb_sumsq",
-         "gaffine_sumsq", "delta_normed_sumsq")  # fmt: skip
-T_ACT_SUM, T_ACT_SQ, T_SAT, T_DEAD, T_DELTA_SQ, T_GW_SQ, T_GB_SQ, T_GAFF_SQ, T_DELTA_U_SQ = range(
-    len(STATS)
-)
+         "gaffine_sumsq", "delta_normed_sumsq", "sample_sumsq")  # fmt: skip
+(T_ACT_SUM, T_ACT_SQ, T_SAT, T_DEAD, T_DELTA_SQ, T_GW_SQ, T_GB_SQ, T_GAFF_SQ, T_DELTA_U_SQ,
+ T_SAMPLE_SQ) = range(len(STATS))  # fmt: skip
 N_STATS = len(STATS)

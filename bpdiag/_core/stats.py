@@ -74,6 +74,7 @@ from bpdiag._core.slots import (
     T_GAFF_SQ,
     T_GB_SQ,
     T_GW_SQ,
+    T_SAMPLE_SQ,
     T_SAT,
 )
 
@@ -185,18 +186,28 @@ def noise_stats(out, mean_sq, grad_sq, mb, resolution, i_sq, i_noise, i_snr):
 
 
 @njit(**JIT)
+def sample_sums(net, buf, mb):
+    """Every layer's ``sample_sq_sum`` over the first mb rows into buf.stats[k, T_SAMPLE_SQ]
+    (the two-core step takes them block by block in its passes)."""
+    if net.norm == BATCHNORM:
+        return  # no per-sample gradients
+    for k in range(net.sizes.size - 1):
+        n_in, n_out = net.sizes[k], net.sizes[k + 1]
+        buf.stats[k, T_SAMPLE_SQ] = sample_sq_sum(block(buf.deltas, buf.a_off[k + 1], mb, n_out),
+                                                  block(buf.acts, buf.a_off[k], mb, n_in))  # fmt: skip
+
+
+@njit(**JIT)
 def record_samples(rec, row, net, buf, mb):
-    """The per-sample gradient statistics of every layer and in total (module docstring)."""
+    """The per-sample gradient statistics of every layer and in total (module docstring), from
+    buf.stats's sums (``sample_sums``)."""
     L = net.sizes.size - 1
     if net.norm == BATCHNORM:
         return  # the record's NaN stays: no per-sample gradients
     resolution = 8.0 * (1.2e-7 if buf.deltas.itemsize == 4 else 2.3e-16)  # a few ulps
     tot_mean, tot_grad = 0.0, 0.0
     for k in range(L):
-        n_in, n_out = net.sizes[k], net.sizes[k + 1]
-        s = sample_sq_sum(block(buf.deltas, buf.a_off[k + 1], mb, n_out),
-                          block(buf.acts, buf.a_off[k], mb, n_in))  # fmt: skip
-        mean_sq = mb * s
+        mean_sq = mb * buf.stats[k, T_SAMPLE_SQ]
         g_sq = buf.stats[k, T_GW_SQ] + buf.stats[k, T_GB_SQ]
         noise_stats(rec.layers[row, k], mean_sq, g_sq, mb, resolution, L_SAMPLE_SQ, L_NOISE,
                     L_SNR)  # fmt: skip

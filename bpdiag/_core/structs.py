@@ -94,6 +94,7 @@ class Buffers(NamedTuple):
     grads: np.ndarray  # (n_params,) ∂L/∂θ, laid out like theta
     stats: np.ndarray  # (L, N_STATS) float64: the step's per-layer sums (``slots.STATS``)
     norms: np.ndarray  # (L, N_NORM, max(width, cap)) float64: normalization statistics
+    grads_part: np.ndarray  # (threads − 1, n_params): the two-core step's other threads' ∂L/∂b_l
 
 
 # rows of Buffers.norms: per unit (BatchNorm) or per row (LayerNorm)
@@ -101,7 +102,8 @@ NM_MEAN, NM_ISTD, NM_VAR, NM_SUM_G, NM_SUM_GZ = range(5)
 N_NORM = 5
 
 
-def make_buffers(net: Net, cap: int, n_targets: int, dtype: np.dtype) -> Buffers:
+def make_buffers(net: Net, cap: int, n_targets: int, dtype: np.dtype, threads: int = 1) -> Buffers:
+    """The scratch of batches of up to ``cap`` rows for a step on ``threads`` threads."""
     a_off = cap * np.concatenate([[0], np.cumsum(net.sizes)]).astype(np.int64)
     n = int(a_off[-1])
     L = net.sizes.size - 1
@@ -111,7 +113,8 @@ def make_buffers(net: Net, cap: int, n_targets: int, dtype: np.dtype) -> Buffers
                    np.zeros(n if net.skip.any() else 1, dtype), np.zeros(n, dtype),
                    np.zeros((cap, n_targets), dtype), np.zeros(n_params(net), dtype),
                    np.zeros((L, N_STATS)),
-                   np.zeros((L, N_NORM, max(widest, cap) if normed else 1)))  # fmt: skip
+                   np.zeros((L, N_NORM, max(widest, cap) if normed else 1)),
+                   np.zeros((max(threads, 1) - 1, n_params(net)), dtype))  # fmt: skip
 
 
 class Hyper(NamedTuple):

@@ -43,6 +43,30 @@ def test_gemm_is_the_matrix_product(m, k, n, ta, tb, dtype, seed):
     assert np.all(buf[:5] == 7.0) and np.all(buf[-5:] == 7.0)  # the block's neighbours untouched
 
 
+@njit(cache=True)
+def _column_blocks(A, a0, ta, B, b0, tb, C, c0, a_cols, b_cols, c_cols):
+    """The product of column blocks of A and B into a column block of C (rows contiguous,
+    strided between rows), as the two-core step takes its shares of ∂L/∂W_l."""
+    gemm(A[:, a0 : a0 + a_cols], ta, B[:, b0 : b0 + b_cols], tb, C[:, c0 : c0 + c_cols])
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 30), k=st.integers(1, 30), n=st.integers(1, 30), ta=st.booleans(),
+       tb=st.booleans(), pad=st.integers(0, 5), dtype=st.sampled_from(["float32", "float64"]))  # fmt: skip
+def test_gemm_takes_column_blocks(m, k, n, ta, tb, pad, dtype):
+    rng = np.random.default_rng(m * 900 + k * 30 + n)
+    a_shape, b_shape = ((k, m) if ta else (m, k)), ((n, k) if tb else (k, n))
+    A = rng.normal(size=(a_shape[0], a_shape[1] + 2 * pad)).astype(dtype)
+    B = rng.normal(size=(b_shape[0], b_shape[1] + pad)).astype(dtype)
+    C = np.full((m, n + 3 * pad), 7.0, dtype)
+    _column_blocks(A, pad, ta, B, pad, tb, C, pad, a_shape[1], b_shape[1], n)
+    a, b = A[:, pad : pad + a_shape[1]], B[:, pad : pad + b_shape[1]]
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(C[:, pad : pad + n], want, rtol=tol, atol=tol * np.sqrt(k))
+    assert np.all(C[:, :pad] == 7.0) and np.all(C[:, pad + n :] == 7.0)  # the other columns
+
+
 SCRIPT = textwrap.dedent("""
     import json, numpy as np
     from numba import njit

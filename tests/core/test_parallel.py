@@ -1,6 +1,10 @@
 """The multi-threaded step: the same training as on one thread, its pieces, and its switches."""
 
 import importlib
+import json
+import os
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -118,3 +122,32 @@ def test_more_threads_than_numba_has_are_refused():
     too_many = numba.config.NUMBA_NUM_THREADS + 1
     with pytest.raises(ValueError, match=f"at most {too_many - 1}"):
         train(MLP([5, 4, 3]), X, Y, steps=1, threads=too_many)
+
+
+THREE_THREADS = """
+import json, numpy as np
+from bpdiag import MLP, train
+rng = np.random.default_rng(4)
+X = rng.normal(size=(29, 7)); Y = (rng.uniform(size=(29, 2)) > 0.5).astype(float)
+out = []
+for threads in (1, 3):
+    net = MLP([7, 23, 5, 2], activation="tanh", seed=2)
+    hist = train(net, X, Y, optimizer="adam", lr=0.01, steps=12, batch_size=10, clip="norm",
+                 clip_value=0.5, record_every=1, threads=threads)
+    out.append([net.theta.tolist(), hist.layers.to_numpy(float).tolist()])
+print(json.dumps(out))
+"""
+
+
+def test_three_threads_train_as_one():
+    """Three blocks of rows (and three shares of every ∂L/∂W_l, one of them empty for the 2-unit
+    output layer), in a process with three Numba threads on however many cores there are;
+    batches of 10, 10 and 9 rows."""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "3"}
+    res = subprocess.run([sys.executable, "-c", THREE_THREADS], env=env, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (theta1, layers1), (theta3, layers3) = json.loads(res.stdout.replace("NaN", "null"))
+    np.testing.assert_allclose(theta3, theta1, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(np.array(layers3, float), np.array(layers1, float), rtol=1e-11,
+                               atol=1e-14)  # fmt: skip
