@@ -42,11 +42,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check bpdiag tests benchmarks
 	$(BIN)/ruff format --check bpdiag tests benchmarks
 
+# Some machines pin OpenBLAS to older kernels (OPENBLAS_CORETYPE, with OPENBLAS_L2_SIZE) for
+# old OpenBLAS builds that fail on their CPU; a current one runs its own best kernels, and the
+# peers (XLA, PyTorch's MKL) are not pinned. The bench lifts the pin for its own command alone
+# and prints the kernels it ran; `make bench BENCH_ENV=` keeps the environment as it is.
+BENCH_ENV ?= env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE
+
 bench: $(STAMP)  # JAX is a peer where pip can install it (PyPI); skipped where it cannot
 	$(BIN)/python -c "import jax, optax" 2>/dev/null || \
 	  $(BIN)/python -m pip install -q jax jaxlib optax 2>/dev/null || \
 	  echo "JAX could not be installed: its columns will be skipped"
-	$(BIN)/python benchmarks/bench.py $(BENCH_FLAGS)
+	$(BENCH_ENV) $(BIN)/python benchmarks/bench.py $(BENCH_FLAGS)
 
 clean: clean-cache
 	rm -rf $(VENV) .pytest_cache

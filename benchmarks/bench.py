@@ -38,6 +38,7 @@ import bpdiag
 from bpdiag import blas
 
 CONFIGS = {  # depth (weight layers), width, batch, inputs; 1 output, BCE loss
+    "XS": (6, 32, 16, 32),
     "S": (10, 64, 64, 32),
     "M": (20, 128, 128, 64),
     "L": (50, 256, 256, 128),
@@ -351,19 +352,28 @@ def paired_ratio(a, b, seconds: float, rounds: int = 31) -> float:
     return statistics.median(ratios)
 
 
-def gemm_rate(dtype: str, seconds: float = 1.0) -> float:
-    """GFLOP/s of numpy's (512 × 1024) @ (1024 × 1024), the XL layer's forward GEMM."""
+def gemm_rate(dtype: str, seconds: float = 1.0, m: int = 512, k: int = 1024,
+              n: int = 1024) -> float:  # fmt: skip
+    """GFLOP/s of numpy's (m × k) @ (k × n), on NumPy's BLAS threads (the best of ``seconds``);
+    by default the XL layer's forward GEMM, the rate the "of GEMM" column divides by."""
     rng = np.random.default_rng(0)
-    a = rng.normal(size=(512, 1024)).astype(dtype)
-    b = rng.normal(size=(1024, 1024)).astype(dtype)
-    out = np.empty((512, 1024), dtype)
+    a = rng.normal(size=(m, k)).astype(dtype)
+    b = rng.normal(size=(k, n)).astype(dtype)
+    out = np.empty((m, n), dtype)
     np.matmul(a, b, out=out)
     best, start = 0.0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         t = time.perf_counter()
         np.matmul(a, b, out=out)
-        best = max(best, 2 * 512 * 1024 * 1024 / (time.perf_counter() - t) / 1e9)
+        best = max(best, 2 * m * k * n / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def layer_gemm_rate(cfg: str, dtype: str) -> float:
+    """GFLOP/s of NumPy's GEMM at the config's own hidden layer, (batch × width) @ (width ×
+    width): what the BLAS does at the shapes the step multiplies."""
+    _, width, batch, _ = CONFIGS[cfg]
+    return gemm_rate(dtype, 0.5, batch, width, width)
 
 
 COMPILE_SNIPPET = """
@@ -539,8 +549,25 @@ def machine() -> dict[str, object]:
         "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
         "numpy": np.__version__, "numba": __import__("numba").__version__, "torch": torch_version,
         "blas": [(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()],
-        "kernel_gemm": str(blas.bind()),
+        "kernel_gemm": str(blas.bind()), "jax": _version("jax"),
+        "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
     }  # fmt: skip
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _pin(m: dict) -> str:
+    env = {k: v for k, v in m.get("openblas_env", {}).items() if v is not None}
+    if not env:
+        return " (no OPENBLAS_CORETYPE pin)" if "openblas_env" in m else ""
+    return " (pinned: " + ", ".join(f"{k}={v}" for k, v in env.items()) + ")"
 
 
 def markdown(result: dict) -> str:
@@ -548,17 +575,17 @@ def markdown(result: dict) -> str:
     m, g = result["machine"], result["gemm_gflops"]
     lines = [
         f"Run of {result['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
-        f"NumPy {m['numpy']}, Numba {m['numba']}, PyTorch {m['torch']}; bpdiag's GEMMs in "
-        f"{m['kernel_gemm']}; NumPy's GEMM in the same run: sgemm {g['float32']:.0f} GFLOP/s, "
-        f"dgemm {g['float64']:.0f} GFLOP/s.",
+        f"NumPy {m['numpy']}, Numba {m['numba']}, PyTorch {m['torch']}, JAX {m.get('jax')}; "
+        f"bpdiag's GEMMs in {m['kernel_gemm']}{_pin(m)}; NumPy's GEMM in the same run: sgemm "
+        f"{g['float32']:.0f} GFLOP/s, dgemm {g['float64']:.0f} GFLOP/s.",
         "",
     ]
     base = all("baseline_ms" in r for r in result["steps"])
     lines.append("| case | bpdiag ms | PyTorch ms | NumPy ms | JAX jit ms | JAX scan ms | "
-                 "PyTorch / bpdiag | JAX scan / bpdiag | GFLOP/s | of GEMM |"
+                 "PyTorch / bpdiag | JAX scan / bpdiag | GFLOP/s | of GEMM | of layer GEMM |"
                  + (" this, alone ms | baseline, alone ms | this / baseline |" if base else ""))  # fmt: skip
     lines.append(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         + (" ---: | ---: | ---: |" if base else "")
     )
     for r in result["steps"]:
@@ -567,7 +594,8 @@ def markdown(result: dict) -> str:
                      f"{r.get('jax_jit_ms', float('nan')):.3f} | "
                      f"{r.get('jax_scan_ms', float('nan')):.3f} | {r['speedup_vs_torch']:.2f}× | "
                      f"{r.get('speedup_vs_jax_scan', float('nan')):.2f}× | "
-                     f"{r['gflops']:.0f} | {r['fraction_of_gemm']:.0%} |"
+                     f"{r['gflops']:.0f} | {r['fraction_of_gemm']:.0%} | "
+                     f"{r.get('fraction_of_layer_gemm', float('nan')):.0%} |"
                      + (f" {r['this_ms']:.3f} | {r['baseline_ms']:.3f} | {r['vs_baseline']:.3f} |"
                         if base else ""))  # fmt: skip
     if result.get("data_steps"):
@@ -618,7 +646,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--configs", default="S,M,L,XL")
+    ap.add_argument("--configs", default="XS,S,M,L,XL")
     ap.add_argument("--acts", default="relu,tanh,sigmoid")
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--seconds", type=float, default=1.5, help="per implementation and case")
@@ -651,12 +679,12 @@ def main() -> None:
         print("note: JAX not installed (pip install jax jaxlib optax); its columns are skipped")
     result = {"machine": machine(), "steps": [], "date": time.strftime("%Y-%m-%d %H:%M")}
     result["gemm_gflops"] = {dt: gemm_rate(dt) for dt in ("float32", "float64")}
-    print(f"bpdiag's GEMM: {result['machine']['kernel_gemm']}")
+    print(f"bpdiag's GEMM: {result['machine']['kernel_gemm']}{_pin(result['machine'])}")
     print(f"numpy GEMM (512×1024 @ 1024×1024): sgemm {result['gemm_gflops']['float32']:.0f} "
           f"GFLOP/s, dgemm {result['gemm_gflops']['float64']:.0f} GFLOP/s")  # fmt: skip
     header = (f"{'case':24s} {'bpdiag ms':>10s} {'torch ms':>10s} {'numpy ms':>10s} "
               f"{'jit ms':>9s} {'scan ms':>9s} {'torch/bp':>9s} {'np/bp':>7s} {'scan/bp':>8s} "
-              f"{'GFLOP/s':>8s} {'of gemm':>8s}")  # fmt: skip
+              f"{'GFLOP/s':>8s} {'of gemm':>8s} {'of layer':>8s}")  # fmt: skip
     print(header + (f" {'this ms':>9s} {'base ms':>9s} {'this/base':>9s}" if args.baseline else ""))
     for cfg in args.configs.split(","):
         for act in args.acts.split(","):
@@ -678,12 +706,15 @@ def main() -> None:
                 scan = next((t for i, t in med.items() if i.name.startswith("jax scan")),
                             float("nan"))  # fmt: skip
                 gflops = flops_per_step(cfg) / bp / 1e9
+                layer_rate = layer_gemm_rate(cfg, dtype)
                 row = {"config": cfg, "activation": act, "dtype": dtype, "bpdiag_ms": bp * 1e3,
                        "torch_ms": th * 1e3, "numpy_ms": npy * 1e3, "speedup_vs_torch": th / bp,
                        "speedup_vs_numpy": npy / bp, "jax_jit_ms": jit * 1e3,
                        "jax_scan_ms": scan * 1e3, "speedup_vs_jax_jit": jit / bp,
                        "speedup_vs_jax_scan": scan / bp, "gflops": gflops,
-                       "fraction_of_gemm": gflops / result["gemm_gflops"][dtype]}  # fmt: skip
+                       "fraction_of_gemm": gflops / result["gemm_gflops"][dtype],
+                       "layer_gemm_gflops": layer_rate,
+                       "fraction_of_layer_gemm": gflops / layer_rate}  # fmt: skip
                 base = next((t for i, t in med.items() if i.name == "baseline"), None)
                 this = next((t for i, t in med.items() if i.name == "this"), None)
                 extra = ""
@@ -694,7 +725,8 @@ def main() -> None:
                 print(f"{cfg + ' ' + act + ' ' + dtype:24s} {bp * 1e3:10.3f} {th * 1e3:10.3f} "
                       f"{npy * 1e3:10.3f} {jit * 1e3:9.3f} {scan * 1e3:9.3f} {th / bp:9.2f} "
                       f"{npy / bp:7.2f} {scan / bp:8.2f} {gflops:8.1f} "
-                      f"{row['fraction_of_gemm']:8.0%}{extra}", flush=True)  # fmt: skip
+                      f"{row['fraction_of_gemm']:8.0%} {row['fraction_of_layer_gemm']:8.0%}{extra}",
+                      flush=True)  # fmt: skip
     if args.norms:
         print(f"\n{'case':34s} {'bpdiag ms':>10s} {'plain ms':>10s} {'torch ms':>10s} "
               f"{'bp/plain':>9s} {'torch/bp':>9s}")  # fmt: skip

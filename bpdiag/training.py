@@ -32,7 +32,7 @@ FIRST_CHUNK = 16  # steps in the first kernel call; each later call doubles it u
 # Multiply-adds per layer and step (batch × fan-in × fan-out, averaged over the layers) from
 # which the two-core step beats one thread: below it, handing work to the second core costs
 # more than the core gives back (docs/performance.md).
-PARALLEL_MIN_MACS = 100_000
+PARALLEL_MIN_MACS = 20_000
 
 
 @dataclass

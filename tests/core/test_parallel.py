@@ -102,9 +102,10 @@ def test_threads_and_blas_are_restored_after_training():
 
 
 def test_threads_default_by_layer_size():
-    small, medium = MLP([32] + [64] * 9 + [1]), MLP([64] + [128] * 19 + [1])
-    huge = MLP([512] + [1024] * 7 + [1])
-    assert train_module._threads(None, small, 16) == 1  # 56K multiply-adds a layer
+    tiny, small = MLP([32] + [32] * 5 + [1]), MLP([32] + [64] * 9 + [1])
+    medium, huge = MLP([64] + [128] * 19 + [1]), MLP([512] + [1024] * 7 + [1])
+    assert train_module._threads(None, tiny, 16) == 1  # 14K multiply-adds a layer
+    assert train_module._threads(None, small, 16) == numba.get_num_threads()  # 56K
     assert train_module._threads(None, small, 64) == numba.get_num_threads()  # 223K
     assert train_module._threads(None, medium, 128) == numba.get_num_threads()  # ≈ 2^21
     assert train_module._threads(None, huge, 512) == numba.get_num_threads()  # ≈ 2^29
