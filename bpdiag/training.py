@@ -113,8 +113,9 @@ def _positive_int(name: str, value: object) -> int:
 def _threads(threads: object, net: MLP, batch: int) -> int:
     """How many threads one training uses (see ``train``'s ``threads``)."""
     available = numba.config.NUMBA_NUM_THREADS
+    batchnorm = net.layout.norm == BATCHNORM
     if threads is None:
-        if (net.layout.g_off >= 0).any() or net.layout.skip.any():
+        if batchnorm:
             return 1
         sizes = net.sizes
         macs = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)) / net.depth
@@ -123,8 +124,8 @@ def _threads(threads: object, net: MLP, batch: int) -> int:
         raise ValueError(f"threads must be None or a positive integer, got {threads!r}")
     if threads > available:
         raise ValueError(f"threads must be at most {available} (NUMBA_NUM_THREADS), got {threads}")
-    if (net.layout.g_off >= 0).any() or net.layout.skip.any():
-        return 1  # the two-core passes cover plain nets (``bpdiag._core.parallel``)
+    if batchnorm:
+        return 1  # its statistics couple the batch's rows (``bpdiag._core.parallel``)
     return int(threads)
 
 
@@ -194,9 +195,9 @@ def train(
     net's activations for one batch, and 4× its parameters) stay allocated for the next call with
     the same shapes. ``threads``: CPU threads for the step's passes, each GEMM on the thread that
     calls it; None uses all of Numba's threads when a layer has at least ``PARALLEL_MIN_MACS``
-    multiply-adds a step, and one thread (the BLAS's threads as configured) below that. A net
-    with normalization or skip connections runs its passes on one thread, whatever ``threads``
-    says, its GEMMs on the BLAS's threads.
+    multiply-adds a step, and one thread (the BLAS's threads as configured) below that. A
+    BatchNorm net runs its passes on one thread, whatever ``threads`` says (its statistics
+    couple the batch's rows), its GEMMs on the BLAS's threads.
     Results agree with one thread's to rounding (see ``bpdiag._core.parallel``).
 
     Instruments (``bpdiag.instruments``), off by default: ``sharpness_every=K`` measures the

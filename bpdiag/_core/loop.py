@@ -65,6 +65,7 @@ def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
     spart = np.zeros((threads, L, N_STATS))  # the two-core step's per-block sums,
     lossacc = np.zeros((threads, 2))  # loss and accuracy, and ‖∂L/∂W_l‖² per part of a layer
     gw_sq = np.zeros(threads * L)
+    tnorms = np.empty((threads if par else 0, L, buf.norms.shape[1], buf.norms.shape[2]))
     sc = np.empty((n_pcs, 10), theta.dtype)
     mode = EVAL if setup.task == TASK_EVAL else TRAIN  # BatchNorm's statistics
     for s in range(n_steps):
@@ -83,7 +84,8 @@ def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
             return 1, row + 1, STATUS_OK
         if par:
             blocks = min(threads, mb)  # blocks of rows, one per thread
-            parallel.passes(theta, net, buf, mb, blocks, cadence, part, zmax, spart, lossacc)
+            parallel.passes(theta, running, net, buf, mb, blocks, cadence, part, zmax, spart,
+                            lossacc, tnorms)  # fmt: skip
             loss, acc = parallel.combine(net, buf, blocks, cadence, part, zmax, spart, lossacc)
             parallel.weight_grads(net, buf, mb, threads, gw_sq)
             parallel.reduce_bias(net, buf, blocks, threads, gw_sq)

@@ -1,13 +1,13 @@
 """The step's passes spread over Numba's threads, with BLAS single-threaded meanwhile (the
 caller decides when; the one-thread passes are in ``forward``, ``backward`` and ``update``).
-They cover plain nets; a net with normalization or skip connections runs its passes on one
-thread (its GEMMs on the BLAS's threads), which keeps the normalization out of these
-kernels and their compile time.
+They cover every net but BatchNorm's, whose statistics couple the batch's rows: a BatchNorm
+net runs its passes on one thread (its GEMMs on the BLAS's threads).
 
 - ``passes``: the batch's rows cut into T blocks, and each block's whole forward pass, loss
   and δ_L … δ_1 on a thread of its own (a row's δ depends on that row alone), so that the
-  threads meet once for the passes, not twice a layer. Thread t's ∂L/∂b_l over its rows goes
-  into ``buf.grads`` (t = 0) or ``buf.grads_part[t − 1]``, its sums into a block of its own;
+  threads meet once for the passes, not twice a layer. Thread t's ∂L/∂b_l (and LayerNorm's
+  ∂L/∂γ_l, ∂L/∂β_l) over its rows go into ``buf.grads`` (t = 0) or ``buf.grads_part[t − 1]``,
+  its sums and LayerNorm statistics into blocks of its own;
 - ``weight_grads``: then ∂L/∂W_l = δ_lᵀ a_{l−1} over the whole batch, each thread a share of
   every layer's rows (one product over the batch, no partial sums to add up), with their ‖·‖²;
 - ``combine`` and ``reduce_bias`` (one thread, a few numbers a layer): the blocks' sums;
@@ -18,8 +18,8 @@ scalars out of the named tuples before it and puts them back together inside it.
 
 Results agree with one thread's to rounding: BLAS may round a GEMM over a block of rows or
 columns differently from one over the whole, and the records' sums add their pieces in another
-order. Entering a parallel region has a fixed cost,
-so this pays only for nets with enough multiply-adds a step (``bpdiag.training`` picks).
+order. Entering a parallel region has a fixed cost, so this pays only for nets with enough
+multiply-adds a step (``bpdiag.training`` picks).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from bpdiag._core.backward import output_delta, plain_delta_below
-from bpdiag._core.forward import block, output_loss, plain_dense
+from bpdiag._core.backward import delta_below, output_delta
+from bpdiag._core.codes import TRAIN
+from bpdiag._core.forward import block, forward, output_loss
 from bpdiag._core.gemm import gemm
 from bpdiag._core.jit import JIT
 from bpdiag._core.slots import (
@@ -36,12 +37,14 @@ from bpdiag._core.slots import (
     T_ACT_SUM,
     T_DEAD,
     T_DELTA_SQ,
+    T_DELTA_U_SQ,
+    T_GAFF_SQ,
     T_GB_SQ,
     T_GW_SQ,
     T_SAMPLE_SQ,
     T_SAT,
 )
-from bpdiag._core.stats import activation_sums, dead_units, sample_sq_sum
+from bpdiag._core.stats import activation_sums, dead_units, h_block, sample_sq_sum
 from bpdiag._core.structs import Buffers, Hyper, Net
 from bpdiag._core.update import update as update_piece
 from bpdiag._core.vmath import sumsq
@@ -65,14 +68,15 @@ def pieces(net, size: int) -> np.ndarray:
 
 
 @njit(parallel=True, **JIT)
-def passes(theta, net, buf, mb, T, record, part, zmax, spart, lossacc):
-    """Forward, loss and δ_L … δ_1 of a plain net over the first mb rows, cut into T ≤ mb
-    blocks of rows, each block's passes on one thread (T is passed in: ``numba.get_num_threads``
-    in a kernel would keep it out of the on-disk cache). Block t's ∂L/∂b_l goes into buf.grads
-    (t = 0) or buf.grads_part[t − 1], its Σδ_l² into spart[t, k, T_DELTA_SQ], its share of the
-    loss and accuracy into lossacc[t]; with ``record``, its ``stats.activation_sums`` into
-    part[t, k] and zmax[t, k] (scratch: (T, L, ≥ 3) and (T, L, max width)) and its
-    ``stats.sample_sq_sum`` into spart[t, k, T_SAMPLE_SQ]."""
+def passes(theta, running, net, buf, mb, T, record, part, zmax, spart, lossacc, tnorms):
+    """Forward, loss and δ_L … δ_1 of a net without BatchNorm over the first mb rows, cut into
+    T ≤ mb blocks of rows, each block's passes on one thread (T is passed in:
+    ``numba.get_num_threads`` in a kernel would keep it out of the on-disk cache). Block t's
+    ∂L/∂b_l (and ∂L/∂γ_l, ∂L/∂β_l) go into buf.grads (t = 0) or buf.grads_part[t − 1], its
+    sums into spart[t] (the layout of buf.stats), its LayerNorm statistics into tnorms[t]
+    (the layout of buf.norms), its share of the loss and accuracy into lossacc[t]; with
+    ``record``, its ``stats.activation_sums`` into part[t, k] and zmax[t, k] (scratch: (T, L,
+    ≥ 3) and (T, L, max width)) and its ``stats.sample_sq_sum`` into spart[t, k, T_SAMPLE_SQ]."""
     sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha = net
     a_off, acts, zs, hs, deltas, Y, grads, stats, norms, grads_part = buf
     L = sizes.size - 1
@@ -84,13 +88,15 @@ def passes(theta, net, buf, mb, T, record, part, zmax, spart, lossacc):
         for j in range(L + 1):
             off_t[j] += r0 * sizes[j]
         g_t = grads if t == 0 else grads_part[t - 1]
-        buf_t = Buffers(off_t, acts, zs, hs, deltas, Y[r0:r1], g_t, spart[t], norms, grads_part)
-        for k in range(L):
-            plain_dense(theta, net_t, k, buf_t, 0, rows)
-            if record:
+        buf_t = Buffers(off_t, acts, zs, hs, deltas, Y[r0:r1], g_t, spart[t], tnorms[t],
+                        grads_part)  # fmt: skip
+        forward(theta, running, net_t, buf_t, rows, TRAIN)
+        if record:
+            for k in range(L):
                 n_out = sizes[k + 1]
-                a_t = block(acts, off_t[k + 1], rows, n_out)
-                activation_sums(act if k < L - 1 else out_act, a_t, a_t, part[t, k], zmax[t, k])
+                activation_sums(act if k < L - 1 else out_act,
+                                h_block(net_t, k, buf_t, off_t[k + 1], rows),
+                                block(acts, off_t[k + 1], rows, n_out), part[t, k], zmax[t, k])  # fmt: skip
         lossacc[t, 0], lossacc[t, 1] = output_loss(net_t, buf_t, rows, mb)
         output_delta(net_t, buf_t, rows)
         for k in range(L - 1, -1, -1):
@@ -99,7 +105,7 @@ def passes(theta, net, buf, mb, T, record, part, zmax, spart, lossacc):
                 spart[t, k, T_SAMPLE_SQ] = sample_sq_sum(block(deltas, off_t[k + 1], rows, n_out),
                                                          block(acts, off_t[k], rows, n_in))  # fmt: skip
             if k > 0:
-                plain_delta_below(theta, net_t, k, buf_t, rows)
+                delta_below(theta, net_t, k, buf_t, rows)
 
 
 @njit(parallel=True, **JIT)
@@ -135,8 +141,10 @@ def combine(net, buf, T, record, part, zmax, spart, lossacc):
     for k in range(L):
         st = buf.stats[k]
         st[T_DELTA_SQ] = 0.0
+        st[T_DELTA_U_SQ] = 0.0
         for t in range(T):
             st[T_DELTA_SQ] += spart[t, k, T_DELTA_SQ]
+            st[T_DELTA_U_SQ] += spart[t, k, T_DELTA_U_SQ]
         if not record:
             continue
         st[T_SAMPLE_SQ] = 0.0
@@ -158,20 +166,29 @@ def combine(net, buf, T, record, part, zmax, spart, lossacc):
 
 
 @njit(**JIT)
+def _add_parts(buf, T, lo, hi):
+    """buf.grads[lo:hi] += the other T − 1 blocks' parts; returns its ‖·‖² (in float64)."""
+    s = 0.0
+    for j in range(lo, hi):
+        v = buf.grads[j]
+        for t in range(T - 1):
+            v += buf.grads_part[t, j]
+        buf.grads[j] = v
+        s += np.float64(v) * np.float64(v)
+    return s
+
+
+@njit(**JIT)
 def reduce_bias(net, buf, T, parts, wsq):
-    """∂L/∂b_l = the T blocks' parts of ``passes`` added up in buf.grads; ‖∂L/∂b_l‖² and
-    ‖∂L/∂W_l‖² (the sum of its ``parts`` parts in ``weight_grads``'s wsq) into buf.stats."""
+    """∂L/∂b_l (and ∂L/∂γ_l, ∂L/∂β_l) = the T blocks' parts of ``passes`` added up in
+    buf.grads; their ‖·‖² and ‖∂L/∂W_l‖² (the sum of its ``parts`` parts in ``weight_grads``'s
+    wsq) into buf.stats."""
     L = net.sizes.size - 1
     for k in range(L):
-        b0, n = net.b_off[k], net.sizes[k + 1]
-        s = 0.0
-        for j in range(b0, b0 + n):
-            v = buf.grads[j]
-            for t in range(T - 1):
-                v += buf.grads_part[t, j]
-            buf.grads[j] = v
-            s += np.float64(v) * np.float64(v)
-        buf.stats[k, T_GB_SQ] = s
+        b0, g0, n = net.b_off[k], net.g_off[k], net.sizes[k + 1]
+        buf.stats[k, T_GB_SQ] = _add_parts(buf, T, b0, b0 + n)
+        if g0 >= 0:
+            buf.stats[k, T_GAFF_SQ] = _add_parts(buf, T, g0, g0 + 2 * n)
         w = 0.0
         for part in range(parts):
             w += wsq[part * L + k]

@@ -75,21 +75,47 @@ def test_two_threads_train_as_one(activation, loss, optimizer, options, clip, c,
         np.testing.assert_allclose(b.to_numpy(float), a.to_numpy(float), rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize(("norm", "residual"), [("batchnorm", False), ("layernorm", True),
-                                                ("none", True)])  # fmt: skip
-def test_normalized_and_residual_nets_run_their_passes_on_one_thread(norm, residual):
-    """The two-core passes cover plain nets; a normalized or residual net trains on one thread
-    whatever ``threads`` asks (its GEMMs on the BLAS's threads)."""
-    net = MLP([64] + [128] * 19 + [1], norm=norm, residual=residual)
+def test_batchnorm_nets_run_their_passes_on_one_thread():
+    """BatchNorm's statistics couple the batch's rows: its net trains on one thread whatever
+    ``threads`` asks (its GEMMs on the BLAS's threads), as alike as the same code can be."""
+    net = MLP([64] + [128] * 19 + [1], norm="batchnorm", residual=True)
     assert train_module._threads(None, net, 128) == 1 and train_module._threads(2, net, 128) == 1
     X, Y = make_problem("bce", m=38, n_in=9, n_out=3, seed=1)
     runs = []
     for threads in (1, 2):
-        net = MLP([9, 40, 40, 40, 3], seed=3, norm=norm, residual=residual)
+        net = MLP([9, 40, 40, 40, 3], seed=3, norm="batchnorm")
         hist = train(net, X, Y, steps=10, batch_size=12, record_every=1, threads=threads)
         runs.append((net.theta.copy(), hist.layers.to_numpy(float)))
     for a, b in zip(*runs, strict=True):
         assert np.array_equal(a, b, equal_nan=True)
+
+
+@two_threads
+@pytest.mark.parametrize(("norm", "residual", "activation", "loss", "clip"), [
+    ("layernorm", False, "tanh", "bce", "norm"), ("layernorm", True, "relu", "ce", "layer"),
+    ("none", True, "gelu", "mse", "agc"), ("layernorm", True, "sigmoid", "mse", "value"),
+])  # fmt: skip
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_layernorm_and_residual_nets_train_on_two_threads_as_on_one(norm, residual, activation,
+                                                                     loss, clip, dtype):  # fmt: skip
+    """LayerNorm and skips act row by row, so their nets take the two-core passes too: the
+    same training to rounding, γ and β (and their gradients' norms) included; 38 rows in
+    batches of 12 end each epoch with two rows, one per thread."""
+    net = MLP([64] + [128] * 19 + [1], norm=norm, residual=residual)
+    assert train_module._threads(None, net, 128) == numba.get_num_threads()
+    X, Y = make_problem(loss, m=38, n_in=9, n_out=3, seed=1)
+    runs = []
+    for threads in (1, 2):
+        net = MLP([9, 40, 40, 40, 3], activation=activation, loss=loss, seed=3, norm=norm,
+                  residual=residual, dtype=dtype)  # fmt: skip
+        hist = train(net, X, Y, optimizer="adam", lr=0.01, steps=20, batch_size=12, clip=clip,
+                     clip_value=0.5, record_every=1, threads=threads)  # fmt: skip
+        runs.append((net, hist))
+    (one, h1), (two, h2) = runs
+    rtol, atol = (1e-11, 1e-14) if dtype == "float64" else (1e-3, 1e-5)
+    np.testing.assert_allclose(two.theta, one.theta, rtol=rtol, atol=atol)
+    for a, b in ((h1.steps, h2.steps), (h1.layers, h2.layers)):
+        np.testing.assert_allclose(b.to_numpy(float), a.to_numpy(float), rtol=rtol, atol=atol)
 
 
 @two_threads
