@@ -5,6 +5,7 @@ installed) and plain NumPy, interleaved in one process.
     python benchmarks/bench.py                      # everything (about 20 minutes)
     python benchmarks/bench.py --configs S,M --acts tanh --dtypes float32 --no-compile
     python benchmarks/bench.py --baseline ../old   # and another checkout's bpdiag beside this one
+    python benchmarks/bench.py --configs deep,wide,online --no-data --norms ''  # other shapes
 
 Prints the best of 7 interleaved rounds per implementation and the ratios (PyTorch / bpdiag): on
 a shared machine slow phases last seconds to minutes, and the best round is the one nearest the
@@ -43,6 +44,16 @@ CONFIGS = {  # depth (weight layers), width, batch, inputs; 1 output, BCE loss
     "M": (20, 128, 128, 64),
     "L": (50, 256, 256, 128),
     "XL": (8, 1024, 512, 512),
+    # other shapes, not in the default run (``--configs deep,wide,...``): the extremes a user
+    # may pick, where a step's fixed costs or the BLAS's small-shape paths dominate
+    "deep": (100, 32, 32, 32),  # deep and narrow
+    "wide": (3, 1024, 256, 256),  # shallow and wide
+    "bigbatch": (10, 64, 1024, 32),
+    "smallbatch": (20, 256, 8, 64),
+    "odd": (10, 100, 100, 30),  # no power of two
+    "mid": (30, 512, 64, 128),
+    "online": (8, 64, 1, 16),  # one sample a step
+    "mnist": (3, 2048, 128, 784),
 }
 
 
