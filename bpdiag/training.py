@@ -33,6 +33,10 @@ FIRST_CHUNK = 16  # steps in the first kernel call; each later call doubles it u
 # which the two-core step beats one thread: below it, handing work to the second core costs
 # more than the core gives back (docs/performance.md).
 PARALLEL_MIN_MACS = 20_000
+# The same for a BatchNorm net, whose threads meet twice a layer (``bpdiag._core.bnpasses``):
+# at 65K multiply-adds a layer its two-core step was slower than one thread, at 131K level,
+# at 262K 1.3-1.4x faster (docs/performance.md).
+BATCHNORM_PARALLEL_MIN_MACS = 131_072
 
 
 @dataclass
@@ -113,19 +117,15 @@ def _positive_int(name: str, value: object) -> int:
 def _threads(threads: object, net: MLP, batch: int) -> int:
     """How many threads one training uses (see ``train``'s ``threads``)."""
     available = numba.config.NUMBA_NUM_THREADS
-    batchnorm = net.layout.norm == BATCHNORM
     if threads is None:
-        if batchnorm:
-            return 1
         sizes = net.sizes
         macs = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)) / net.depth
-        return numba.get_num_threads() if macs >= PARALLEL_MIN_MACS else 1
+        floor = BATCHNORM_PARALLEL_MIN_MACS if net.layout.norm == BATCHNORM else PARALLEL_MIN_MACS
+        return numba.get_num_threads() if macs >= floor else 1
     if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads <= 0:
         raise ValueError(f"threads must be None or a positive integer, got {threads!r}")
     if threads > available:
         raise ValueError(f"threads must be at most {available} (NUMBA_NUM_THREADS), got {threads}")
-    if batchnorm:
-        return 1  # its statistics couple the batch's rows (``bpdiag._core.parallel``)
     return int(threads)
 
 
@@ -195,10 +195,11 @@ def train(
     net's activations for one batch, and 4× its parameters) stay allocated for the next call with
     the same shapes. ``threads``: CPU threads for the step's passes, each GEMM on the thread that
     calls it; None uses all of Numba's threads when a layer has at least ``PARALLEL_MIN_MACS``
-    multiply-adds a step, and one thread (the BLAS's threads as configured) below that. A
-    BatchNorm net runs its passes on one thread, whatever ``threads`` says (its statistics
-    couple the batch's rows), its GEMMs on the BLAS's threads.
-    Results agree with one thread's to rounding (see ``bpdiag._core.parallel``).
+    multiply-adds a step (``BATCHNORM_PARALLEL_MIN_MACS`` for a BatchNorm net), and one thread
+    (the BLAS's threads as configured) below that. The
+    threads split the batch's rows (for a BatchNorm net they meet at every layer to merge its
+    statistics).
+    Results agree with one thread's to rounding (see ``bpdiag._core.parallel`` and ``bnpasses``).
 
     Instruments (``bpdiag.instruments``), off by default: ``sharpness_every=K`` measures the
     Hessian's top eigenvalue every K records (at steps 0, K·record_every, …, on up to

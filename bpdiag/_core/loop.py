@@ -10,8 +10,8 @@ import numpy as np
 from numba import njit
 
 from bpdiag._core import backward as serial_backward
+from bpdiag._core import bnpasses, parallel
 from bpdiag._core import forward as serial_forward
-from bpdiag._core import parallel
 from bpdiag._core.codes import (
     BATCHNORM,
     EVAL,
@@ -44,7 +44,8 @@ def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
     setup, feed, rec: ``structs.Net``, ``Buffers``, ``Setup``, ``Feed``, ``Records``. A record
     is written at steps ≡ 0 (mod rec.every), at rec.last and at a non-finite step (where the NaN
     guard stops before the update); rec.counters[0] counts the steps clipping changed. The
-    passes are those of one thread, or of ``parallel`` for setup.threads > 1.
+    passes are those of one thread, or for setup.threads > 1 those of ``parallel`` (a BatchNorm
+    net: ``bnpasses``).
 
     ``setup.task`` makes the same kernel serve the net's other passes over one batch (Numba
     optimizes everything a kernel calls into it, so one kernel compiles faster than three):
@@ -57,6 +58,7 @@ def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
     n_steps = feed.starts.size - 1
     threads = setup.threads
     par = threads > 1
+    by_rows = par and net.norm != BATCHNORM  # ``parallel``'s passes (BatchNorm's: ``bnpasses``)
     n_pcs = setup.pieces.shape[1]
     sums = np.zeros((n_pcs, 3))  # (‖Δθ‖², ‖θ‖², ‖g‖²) of each optimizer piece
     seg = np.zeros((3 * L, 3))  # the same per W_l, b_l and (γ_l, β_l)
@@ -67,6 +69,7 @@ def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
     gw_sq = np.zeros(threads * L)
     tnorms = np.empty((threads if par else 0, L, buf.norms.shape[1], buf.norms.shape[2]))
     sc = np.empty((n_pcs, 10), theta.dtype)
+    bn_sums = np.zeros((threads, 2))  # ``bnpasses``' per-thread sums
     mode = EVAL if setup.task == TASK_EVAL else TRAIN  # BatchNorm's statistics
     for s in range(n_steps):
         step = step0 + s
@@ -82,7 +85,10 @@ def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
             serial_forward.forward(theta, running, net, buf, mb, mode)
             rec.steps[row, S_LOSS], rec.steps[row, S_ACC] = output_loss(net, buf, mb, mb)
             return 1, row + 1, STATUS_OK
-        if par:
+        if par and net.norm == BATCHNORM:
+            loss, acc = bnpasses.passes(theta, net, buf, mb, threads, tnorms, spart, lossacc,
+                                        bn_sums, gw_sq)  # fmt: skip
+        elif par:
             blocks = min(threads, mb)  # blocks of rows, one per thread
             parallel.passes(theta, running, net, buf, mb, blocks, cadence, part, zmax, spart,
                             lossacc, tnorms)  # fmt: skip
@@ -99,7 +105,7 @@ def train_steps(theta, running, state, net, buf, setup, feed, rec, step0, row):
         stop = setup.nan_guard and not (math.isfinite(loss) and math.isfinite(total_sq))
         recording = cadence or stop
         if recording:
-            if not (par and cadence):  # the two-core passes took them already
+            if not (by_rows and cadence):  # the two-core passes took them already
                 activation_stats(net, buf, mb, zmax[0])
                 sample_sums(net, buf, mb)
             record_gradients(rec, row, step, loss, acc, total_sq, net, buf, mb)

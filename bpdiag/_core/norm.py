@@ -38,7 +38,7 @@ from bpdiag._core.structs import NM_ISTD, NM_MEAN, NM_SUM_G, NM_SUM_GZ, NM_VAR
 
 
 @njit(**FAST)
-def _batch_statistics(Z, b, st):
+def batch_statistics(Z, b, st):
     """Z += b in place; per column of Z: mean, biased variance and 1/√(var + ε) into ``st``
     (two passes over the rows)."""
     mb, n = Z.shape
@@ -62,7 +62,7 @@ def _batch_statistics(Z, b, st):
 
 
 @njit(**FAST)
-def _by_unit(Z, b, st, gamma, U, add_bias):
+def by_unit(Z, b, st, gamma, U, add_bias):
     """ẑ = (z − μ_j)·istd_j into Z (in place; z = Z + b where ``add_bias``) and γ ẑ into U,
     with the per-unit statistics of ``st``."""
     mb, n = Z.shape
@@ -102,6 +102,31 @@ def _by_row(Z, b, st, gamma, U):
 
 
 @njit(**JIT)
+def merge_statistics(parts, counts, st, n):
+    """The batch's per-unit mean, biased variance and 1/√(var + ε) into st from the blocks'
+    (``batch_statistics`` over counts[t] rows each into parts[t]): mean = Σ n_t μ_t / m and
+    var = Σ n_t (σ²_t + (μ_t − mean)²) / m (Chan, Golub & LeVeque: no cancellation)."""
+    m = 0
+    for t in range(counts.size):
+        m += counts[t]
+    for j in range(n):
+        mean = 0.0
+        for t in range(counts.size):
+            if counts[t] > 0:  # an empty block's statistics are 0/0
+                mean += counts[t] * parts[t, NM_MEAN, j]
+        mean /= m
+        var = 0.0
+        for t in range(counts.size):
+            if counts[t] > 0:
+                d = parts[t, NM_MEAN, j] - mean
+                var += counts[t] * (parts[t, NM_VAR, j] + d * d)
+        var /= m
+        st[NM_MEAN, j] = mean
+        st[NM_VAR, j] = var
+        st[NM_ISTD, j] = 1.0 / math.sqrt(var + NORM_LAYER_EPS)
+
+
+@njit(**JIT)
 def normalize(norm, mode, Z, b, gamma, U, st, run_mean, run_var):
     """z = Z + b → ẑ (in place in Z) and γ ẑ (into U; the activation's pass adds β) for
     ``norm``; BatchNorm takes the batch's statistics in ``TRAIN`` mode (into ``st``) and the
@@ -110,12 +135,12 @@ def normalize(norm, mode, Z, b, gamma, U, st, run_mean, run_var):
         n = Z.shape[1]
         batch = mode == TRAIN
         if batch:
-            _batch_statistics(Z, b, st)  # adds b
+            batch_statistics(Z, b, st)  # adds b
         else:
             for j in range(n):
                 st[NM_MEAN, j] = run_mean[j]
                 st[NM_ISTD, j] = 1.0 / math.sqrt(np.float64(run_var[j]) + NORM_LAYER_EPS)
-        _by_unit(Z, b, st, gamma, U, not batch)
+        by_unit(Z, b, st, gamma, U, not batch)
     else:
         _by_row(Z, b, st, gamma, U)
 
@@ -140,7 +165,7 @@ def _take(D, Zh, i, j, g, sg, sgz):
 
 
 @njit(**FAST)
-def _affine_grads(code, D, Zh, H, gamma, beta, c, sg, sgz):
+def affine_grads(code, D, Zh, H, gamma, beta, c, sg, sgz):
     """∂L/∂u = c ∂L/∂h ⊙ φ'(u) in place of D (φ' from h = φ(u), or from u = γ ẑ + β where it
     needs u), with its sums per unit Σ ∂L/∂u into sg and Σ ∂L/∂u ⊙ ẑ into sgz (the gradients
     of β and γ); returns Σ (∂L/∂u)². A loop per activation, so that each one vectorizes."""
@@ -176,20 +201,28 @@ def _affine_grads(code, D, Zh, H, gamma, beta, c, sg, sgz):
 
 
 @njit(**FAST)
-def _batch_backward(D, Zh, gamma, st, db):
-    """δ = (g − mean(g) − ẑ mean(g ẑ)) / √(σ² + ε) in place, g = γ ∂L/∂u (D), the means over the
-    batch from the sums ``_affine_grads`` left; ∂L/∂b = Σ_rows δ into db; returns Σδ²."""
-    mb, n = D.shape
+def batch_coefficients(gamma, st, n, mb):
+    """BatchNorm's backward, δ = (g − mean(g) − ẑ mean(g ẑ)) / √(σ² + ε) with g = γ ∂L/∂u, is
+    δ_ij = γ_j istd_j ∂L/∂u_ij + p_j + q_j ẑ_ij: p_j and q_j in place of the sums Σ ∂L/∂u and
+    Σ ∂L/∂u ⊙ ẑ over the batch's mb rows in st (``affine_grads`` left them), for n units."""
     sg, sgz, istd = st[NM_SUM_G, :n], st[NM_SUM_GZ, :n], st[NM_ISTD, :n]
-    for j in range(n):  # δ = a_j D + b_j + c_j ẑ, per unit j
+    for j in range(n):
         sg[j] = -sg[j] * gamma[j] * istd[j] / mb
         sgz[j] = -sgz[j] * gamma[j] * istd[j] / mb
+
+
+@njit(**FAST)
+def batch_delta(D, Zh, gamma, st, db):
+    """δ from ∂L/∂u in place over the rows of D (all the batch's, or a block of them), with
+    ``batch_coefficients``' p and q in st; Σ_rows δ into db; returns Σδ²."""
+    mb, n = D.shape
+    p, q, istd = st[NM_SUM_G, :n], st[NM_SUM_GZ, :n], st[NM_ISTD, :n]
     zero = vmath.scalar(0.0, D)
     db[:] = zero
     sd = 0.0
     for i in range(mb):
         for j in range(n):
-            d = np.float64(D[i, j]) * (gamma[j] * istd[j]) + sg[j] + np.float64(Zh[i, j]) * sgz[j]
+            d = np.float64(D[i, j]) * (gamma[j] * istd[j]) + p[j] + np.float64(Zh[i, j]) * q[j]
             D[i, j] = d
             db[j] += D[i, j]
             sd += np.float64(D[i, j]) * np.float64(D[i, j])
@@ -229,12 +262,13 @@ def norm_backward(code, norm, D, Zh, H, gamma, beta, st, c, dgamma, dbeta, db):
 
     Zh: ẑ; H: h = φ(u); st: the forward's statistics, and room for the sums per unit."""
     n = D.shape[1]
-    su = _affine_grads(code, D, Zh, H, gamma, beta, c, st[NM_SUM_G], st[NM_SUM_GZ])
+    su = affine_grads(code, D, Zh, H, gamma, beta, c, st[NM_SUM_G], st[NM_SUM_GZ])
     for j in range(n):
         dbeta[j] = st[NM_SUM_G, j]
         dgamma[j] = st[NM_SUM_GZ, j]
     if norm == BATCHNORM:
-        sd = _batch_backward(D, Zh, gamma, st, db)
+        batch_coefficients(gamma, st, n, D.shape[0])
+        sd = batch_delta(D, Zh, gamma, st, db)
     else:
         sd = _layer_backward(D, Zh, gamma, st, db)
     return sd, su

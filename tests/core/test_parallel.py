@@ -75,19 +75,35 @@ def test_two_threads_train_as_one(activation, loss, optimizer, options, clip, c,
         np.testing.assert_allclose(b.to_numpy(float), a.to_numpy(float), rtol=rtol, atol=atol)
 
 
-def test_batchnorm_nets_run_their_passes_on_one_thread():
-    """BatchNorm's statistics couple the batch's rows: its net trains on one thread whatever
-    ``threads`` asks (its GEMMs on the BLAS's threads), as alike as the same code can be."""
+@two_threads
+@pytest.mark.parametrize(("activation", "loss", "residual", "clip"), [
+    ("tanh", "bce", False, "norm"), ("relu", "mse", True, "layer"), ("gelu", "ce", True, "value"),
+    ("sigmoid", "bce", True, "agc"),
+])  # fmt: skip
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_batchnorm_nets_train_on_two_threads_as_on_one(activation, loss, residual, clip, dtype):
+    """BatchNorm's statistics couple the rows, so its two-core passes meet at every layer to
+    merge the blocks' statistics and sums (``bpdiag._core.bnpasses``): the same training to
+    rounding, running statistics included, within the project's 1e-10 in float64. 36 rows in
+    batches of 12: a batch of two or three rows would make BatchNorm's δ a difference of nearly
+    equal terms (exactly 0 for two rows), its rounding amplified by orders of magnitude whatever
+    adds it up."""
     net = MLP([64] + [128] * 19 + [1], norm="batchnorm", residual=True)
-    assert train_module._threads(None, net, 128) == 1 and train_module._threads(2, net, 128) == 1
-    X, Y = make_problem("bce", m=38, n_in=9, n_out=3, seed=1)
+    assert train_module._threads(None, net, 128) == numba.get_num_threads()
+    X, Y = make_problem(loss, m=36, n_in=9, n_out=3, seed=1)
     runs = []
     for threads in (1, 2):
-        net = MLP([9, 40, 40, 40, 3], seed=3, norm="batchnorm")
-        hist = train(net, X, Y, steps=10, batch_size=12, record_every=1, threads=threads)
-        runs.append((net.theta.copy(), hist.layers.to_numpy(float)))
-    for a, b in zip(*runs, strict=True):
-        assert np.array_equal(a, b, equal_nan=True)
+        net = MLP([9, 40, 40, 1, 40, 40, 3], activation=activation, loss=loss, seed=3,
+                  norm="batchnorm", residual=residual, dtype=dtype)  # fmt: skip
+        hist = train(net, X, Y, optimizer="sgd", lr=0.05, momentum=0.9, steps=20, batch_size=12,
+                     clip=clip, clip_value=0.5, record_every=1, threads=threads)  # fmt: skip
+        runs.append((net, hist))
+    (one, h1), (two, h2) = runs
+    rtol, atol = (1e-10, 1e-12) if dtype == "float64" else (1e-3, 1e-5)
+    np.testing.assert_allclose(two.theta, one.theta, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(two.running, one.running, rtol=rtol, atol=atol)
+    for a, b in ((h1.steps, h2.steps), (h1.layers, h2.layers)):
+        np.testing.assert_allclose(b.to_numpy(float), a.to_numpy(float), rtol=rtol, atol=atol)
 
 
 @two_threads
@@ -137,6 +153,19 @@ def test_threads_default_by_layer_size():
     assert train_module._threads(None, huge, 512) == numba.get_num_threads()  # ≈ 2^29
 
 
+@two_threads
+def test_batchnorm_nets_take_two_threads_from_larger_layers():
+    """Its threads meet twice a layer, which pays from more multiply-adds a layer."""
+    deep, small = (
+        MLP([32] * 100 + [1], norm="batchnorm"),
+        MLP([32] + [64] * 9 + [1], norm="batchnorm"),
+    )
+    assert train_module._threads(None, deep, 32) == 1  # 32K multiply-adds a layer
+    assert train_module._threads(None, small, 32) == 1  # 112K
+    assert train_module._threads(None, small, 64) == numba.get_num_threads()  # 223K
+    assert train_module._threads(2, deep, 32) == 2  # asked for
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_bad_threads_are_refused(bad):
     X, Y = make_problem("bce", m=8)
@@ -157,11 +186,12 @@ from bpdiag import MLP, train
 rng = np.random.default_rng(4)
 X = rng.normal(size=(29, 7)); Y = (rng.uniform(size=(29, 2)) > 0.5).astype(float)
 out = []
-for threads in (1, 3):
-    net = MLP([7, 23, 5, 2], activation="tanh", seed=2)
-    hist = train(net, X, Y, optimizer="adam", lr=0.01, steps=12, batch_size=10, clip="norm",
-                 clip_value=0.5, record_every=1, threads=threads)
-    out.append([net.theta.tolist(), hist.layers.to_numpy(float).tolist()])
+for norm, optimizer in (("none", "adam"), ("batchnorm", "sgd")):
+    for threads in (1, 3):
+        net = MLP([7, 23, 5, 2], activation="tanh", seed=2, norm=norm)
+        hist = train(net, X, Y, optimizer=optimizer, lr=0.01, steps=12, batch_size=10,
+                     clip="norm", clip_value=0.5, record_every=1, threads=threads)
+        out.append([net.theta.tolist(), hist.layers.to_numpy(float).tolist()])
 print(json.dumps(out))
 """
 
@@ -169,12 +199,13 @@ print(json.dumps(out))
 def test_three_threads_train_as_one():
     """Three blocks of rows (and three shares of every ∂L/∂W_l, one of them empty for the 2-unit
     output layer), in a process with three Numba threads on however many cores there are;
-    batches of 10, 10 and 9 rows."""
+    batches of 10, 10 and 9 rows; a BatchNorm net's three blocks of rows too."""
     env = {**os.environ, "NUMBA_NUM_THREADS": "3"}
     res = subprocess.run([sys.executable, "-c", THREE_THREADS], env=env, capture_output=True,
                          text=True, timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stderr
-    (theta1, layers1), (theta3, layers3) = json.loads(res.stdout.replace("NaN", "null"))
-    np.testing.assert_allclose(theta3, theta1, rtol=1e-11, atol=1e-14)
-    np.testing.assert_allclose(np.array(layers3, float), np.array(layers1, float), rtol=1e-11,
-                               atol=1e-14)  # fmt: skip
+    out = json.loads(res.stdout.replace("NaN", "null"))
+    for (theta1, layers1), (theta3, layers3) in (out[:2], out[2:]):
+        np.testing.assert_allclose(theta3, theta1, rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(np.array(layers3, float), np.array(layers1, float),
+                                   rtol=1e-11, atol=1e-14)  # fmt: skip
