@@ -47,19 +47,15 @@ from bpdiag._core.structs import NM_SUM_G, NM_SUM_GZ, Buffers, Net
 
 
 @njit(**JIT)
-def _finish_forward(theta, net, buf, k, r0, rows):
-    """Layer l = k + 1 (BatchNorm, its batch statistics in buf.norms[k]) on ``rows`` rows from
-    r0, from z_l + b_l in buf.zs: ẑ_l there, h_l and a_l."""
-    n, off = net.sizes[k + 1], buf.a_off[k + 1] + r0 * net.sizes[k + 1]
-    b0, g0 = net.b_off[k], net.g_off[k]
-    skip = net.skip[k] != 0
-    Z = block(buf.zs, off, rows, n)
-    H = block(buf.hs if skip else buf.acts, off, rows, n)
-    by_unit(Z, theta[b0 : b0 + n], buf.norms[k], theta[g0 : g0 + n], H, False)
-    activate(net.act, H, theta[g0 + n : g0 + 2 * n])  # u = γ ẑ + β, h = φ(u)
+def _finish_forward(theta, act, alpha, n, b0, g0, skip, A_prev, Z, H, A, st):
+    """A BatchNorm layer of n units on a block of rows, from z + b in Z (its batch statistics
+    in st): ẑ in Z, h = φ(γ ẑ + β) in H, a = a_prev + α h in A where it has a skip (else H is
+    A). The fields come loose: a parallel loop that builds a Net for each thread counts a
+    reference to each of its arrays, from both threads at once."""
+    by_unit(Z, theta[b0 : b0 + n], st, theta[g0 : g0 + n], H, False)
+    activate(act, H, theta[g0 + n : g0 + 2 * n])
     if skip:
-        skip_add(block(buf.acts, off, rows, n),
-                 block(buf.acts, buf.a_off[k] + r0 * n, rows, n), H, net.alpha)  # fmt: skip
+        skip_add(A, A_prev, H, alpha)
 
 
 @njit(parallel=True, **JIT)
@@ -72,20 +68,27 @@ def forward_layer(theta, net, buf, k, mb, T, tnorms, spart, lossacc):
     a_off, acts, zs, hs, deltas, Y, grads, stats, norms, grads_part = buf
     L = sizes.size - 1
     n_in, n = sizes[k], sizes[k + 1]
+    j = max(k - 1, 0)  # the layer below, finished first
+    st_below, skip_below, n_j = norms[j], skip[j] != 0, sizes[j + 1]
     for t in prange(T):
         r0, r1 = t * mb // T, (t + 1) * mb // T
         rows = r1 - r0
-        net_t = Net(sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha)
         g_t = grads if t == 0 else grads_part[t - 1]
-        buf_t = Buffers(a_off, acts, zs, hs, deltas, Y, g_t, spart[t], norms, grads_part)
-        if rows > 0 and k > 0 and g_off[k - 1] >= 0:
-            _finish_forward(theta, net_t, buf_t, k - 1, r0, rows)
+        if rows > 0 and k > 0 and g_off[j] >= 0:
+            off = a_off[k] + r0 * n_j
+            A = block(acts, off, rows, n_j)
+            _finish_forward(theta, act, alpha, n_j, b_off[j], g_off[j], skip_below,
+                            block(acts, a_off[j] + r0 * n_j, rows, n_j),
+                            block(zs, off, rows, n_j), block(hs, off, rows, n_j) if skip_below
+                            else A, A, st_below)  # fmt: skip
         if rows > 0 and k < L - 1:
             Z = block(zs, a_off[k + 1] + r0 * n, rows, n)
             gemm(block(acts, a_off[k] + r0 * n_in, rows, n_in), False,
                  block(theta, w_off[k], n, n_in), True, Z)  # fmt: skip
             batch_statistics(Z, theta[b_off[k] : b_off[k] + n], tnorms[t, k])
         if rows > 0 and k == L - 1:
+            net_t = Net(sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha)
+            buf_t = Buffers(a_off, acts, zs, hs, deltas, Y, g_t, spart[t], norms, grads_part)
             plain_dense(theta, net_t, k, buf_t, r0, rows)
             off_t = a_off.copy()  # the output block from row r0 on, for the loss
             off_t[L] += r0 * n
