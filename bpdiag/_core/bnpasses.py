@@ -43,15 +43,14 @@ from bpdiag._core.norm import (
 )
 from bpdiag._core.parallel import reduce_bias, weight_grads
 from bpdiag._core.slots import T_DELTA_SQ, T_DELTA_U_SQ
-from bpdiag._core.structs import NM_SUM_G, NM_SUM_GZ, Buffers, Net
+from bpdiag._core.structs import NM_SUM_G, NM_SUM_GZ, Buffers
 
 
 @njit(**JIT)
 def _finish_forward(theta, act, alpha, n, b0, g0, skip, A_prev, Z, H, A, st):
     """A BatchNorm layer of n units on a block of rows, from z + b in Z (its batch statistics
     in st): ẑ in Z, h = φ(γ ẑ + β) in H, a = a_prev + α h in A where it has a skip (else H is
-    A). The fields come loose: a parallel loop that builds a Net for each thread counts a
-    reference to each of its arrays, from both threads at once."""
+    A)."""
     by_unit(Z, theta[b0 : b0 + n], st, theta[g0 : g0 + n], H, False)
     activate(act, H, theta[g0 + n : g0 + 2 * n])
     if skip:
@@ -64,8 +63,10 @@ def forward_layer(theta, net, buf, k, mb, T, tnorms, spart, lossacc):
     (l ≥ 2); then z_l and thread t's statistics of it into tnorms[t, k] (a BatchNorm layer), or
     a_l, the loss and δ_L (the output layer: its share of the loss and accuracy into
     lossacc[t], of Σδ_L² into spart[t], of ∂L/∂b_L into its gradient block)."""
-    sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha = net
-    a_off, acts, zs, hs, deltas, Y, grads, stats, norms, grads_part = buf
+    sizes, w_off, b_off, g_off, skip = net.sizes, net.w_off, net.b_off, net.g_off, net.skip
+    act, alpha = net.act, net.alpha
+    a_off, acts, zs, hs, deltas, Y = buf.a_off, buf.acts, buf.zs, buf.hs, buf.deltas, buf.Y
+    grads, norms, grads_part = buf.grads, buf.norms, buf.grads_part
     L = sizes.size - 1
     n_in, n = sizes[k], sizes[k + 1]
     j = max(k - 1, 0)  # the layer below, finished first
@@ -87,15 +88,14 @@ def forward_layer(theta, net, buf, k, mb, T, tnorms, spart, lossacc):
                  block(theta, w_off[k], n, n_in), True, Z)  # fmt: skip
             batch_statistics(Z, theta[b_off[k] : b_off[k] + n], tnorms[t, k])
         if rows > 0 and k == L - 1:
-            net_t = Net(sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha)
-            buf_t = Buffers(a_off, acts, zs, hs, deltas, Y, g_t, spart[t], norms, grads_part)
-            plain_dense(theta, net_t, k, buf_t, r0, rows)
-            off_t = a_off.copy()  # the output block from row r0 on, for the loss
-            off_t[L] += r0 * n
-            out_t = Buffers(off_t, acts, zs, hs, deltas, Y[r0:r1], g_t, spart[t], norms,
+            off_t = a_off.copy()  # block j's rows from r0 on, as in ``parallel.passes``
+            for i in range(L + 1):
+                off_t[i] += r0 * sizes[i]
+            buf_t = Buffers(off_t, acts, zs, hs, deltas, Y[r0:r1], g_t, spart[t], norms,
                             grads_part)  # fmt: skip
-            lossacc[t, 0], lossacc[t, 1] = output_loss(net_t, out_t, rows, mb)
-            output_delta(net_t, out_t, rows)
+            plain_dense(theta, net, k, buf_t, np.int64(0), rows)
+            lossacc[t, 0], lossacc[t, 1] = output_loss(net, buf_t, rows, mb)
+            output_delta(net, buf_t, rows)
         if rows == 0 and k == L - 1:
             lossacc[t, 0], lossacc[t, 1] = 0.0, 0.0
             spart[t, L - 1, T_DELTA_SQ] = 0.0

@@ -13,8 +13,8 @@ net runs its passes on one thread (its GEMMs on the BLAS's threads).
 - ``combine`` and ``reduce_bias`` (one thread, a few numbers a layer): the blocks' sums;
 - ``update``: the optimizer step over pieces of the flat parameter vector (``pieces``).
 
-Numba cannot pass a tuple into a parallel loop's body, so each loop below takes the arrays and
-scalars out of the named tuples before it and puts them back together inside it.
+A parallel loop's body takes the net's tuple as it is and builds only the tuple whose fields
+differ by thread: a ``Buffers`` whose offsets start at the thread's rows.
 
 Results agree with one thread's to rounding: BLAS may round a GEMM over a block of rows or
 columns differently from one over the whole, and the records' sums add their pieces in another
@@ -45,7 +45,7 @@ from bpdiag._core.slots import (
     T_SAT,
 )
 from bpdiag._core.stats import activation_sums, dead_units, h_block, sample_sq_sum
-from bpdiag._core.structs import Buffers, Hyper, Net
+from bpdiag._core.structs import Buffers, Hyper
 from bpdiag._core.update import update as update_piece
 from bpdiag._core.vmath import sumsq
 
@@ -83,29 +83,28 @@ def passes(theta, running, net, buf, mb, T, record, part, zmax, spart, lossacc, 
     for t in prange(T):
         r0, r1 = t * mb // T, (t + 1) * mb // T
         rows = r1 - r0
-        net_t = Net(sizes, w_off, b_off, act, out_act, loss, norm, g_off, r_off, skip, alpha)
         off_t = a_off.copy()  # block j's rows from r0 on: a buffer of rows r0.. for the passes
         for j in range(L + 1):
             off_t[j] += r0 * sizes[j]
         g_t = grads if t == 0 else grads_part[t - 1]
         buf_t = Buffers(off_t, acts, zs, hs, deltas, Y[r0:r1], g_t, spart[t], tnorms[t],
                         grads_part)  # fmt: skip
-        forward(theta, running, net_t, buf_t, rows, TRAIN)
+        forward(theta, running, net, buf_t, rows, TRAIN)
         if record:
             for k in range(L):
                 n_out = sizes[k + 1]
                 activation_sums(act if k < L - 1 else out_act,
-                                h_block(net_t, k, buf_t, off_t[k + 1], rows),
+                                h_block(net, k, buf_t, off_t[k + 1], rows),
                                 block(acts, off_t[k + 1], rows, n_out), part[t, k], zmax[t, k])  # fmt: skip
-        lossacc[t, 0], lossacc[t, 1] = output_loss(net_t, buf_t, rows, mb)
-        output_delta(net_t, buf_t, rows)
+        lossacc[t, 0], lossacc[t, 1] = output_loss(net, buf_t, rows, mb)
+        output_delta(net, buf_t, rows)
         for k in range(L - 1, -1, -1):
             n_in, n_out = sizes[k], sizes[k + 1]
             if record:
                 spart[t, k, T_SAMPLE_SQ] = sample_sq_sum(block(deltas, off_t[k + 1], rows, n_out),
                                                          block(acts, off_t[k], rows, n_in))  # fmt: skip
             if k > 0:
-                delta_below(theta, net_t, k, buf_t, rows)
+                delta_below(theta, net, k, buf_t, rows)
 
 
 @njit(parallel=True, **JIT)
