@@ -5,9 +5,13 @@ of every optimizer × clipping mode, BatchNorm's running statistics and evaluati
 import numpy as np
 import pytest
 import reference as ref
+from hypothesis import given
+from hypothesis import strategies as st
 from problems import ACTIVATION_NAMES, LOSS_NAMES, make_problem
 
 from bpdiag import MLP, train
+from bpdiag._core.norm import batch_statistics, merge_statistics
+from bpdiag._core.structs import N_NORM, NM_ISTD, NM_MEAN, NM_VAR
 from bpdiag.choices.clipping import CLIPPING
 from bpdiag.choices.norms import NORMS
 
@@ -192,3 +196,28 @@ def test_a_reused_workspace_changes_nothing(norm, residual):
         results.append((net.theta.copy(), net.running.copy(), hist.layers.to_numpy()))
     for a, b in zip(*results, strict=True):
         assert np.array_equal(a, b, equal_nan=True)
+
+
+@given(m=st.integers(2, 40), n=st.integers(1, 9), cuts=st.lists(st.integers(0, 40), max_size=3),
+       scale=st.sampled_from([1e-3, 1.0, 1e3]), shift=st.sampled_from([0.0, 1e4]))  # fmt: skip
+def test_merged_block_statistics_are_the_batch_statistics(m, n, cuts, scale, shift):
+    """BatchNorm's two-core forward takes each block of rows' mean and variance and merges them
+    (``norm.merge_statistics``): the whole batch's, to rounding, whatever the blocks (empty ones
+    included) and however far the mean lies from 0 against the spread."""
+    rng = np.random.default_rng(m * 100 + n)
+    Z = shift + scale * rng.normal(size=(m, n))
+    b = rng.normal(size=n)
+    edges = [0, *sorted(min(c, m) for c in cuts), m]
+    counts = np.diff(edges).astype(np.int64)
+    parts = np.zeros((counts.size, N_NORM, n))
+    blocks = Z.copy()
+    for t, (r0, r1) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        if r1 > r0:
+            batch_statistics(blocks[r0:r1], b, parts[t])
+    merged, whole = np.zeros((N_NORM, n)), np.zeros((N_NORM, n))
+    merge_statistics(parts, counts, merged, n)
+    batch_statistics(Z.copy(), b, whole)
+    # both sides round the deviations z − μ to ulps of |z| ≈ shift: relative shift/scale ulps
+    rtol = 1e-10 + 1e-14 * shift / scale
+    for row in (NM_MEAN, NM_VAR, NM_ISTD):
+        np.testing.assert_allclose(merged[row], whole[row], rtol=rtol)
