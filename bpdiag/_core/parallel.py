@@ -1,7 +1,8 @@
 """The step's passes spread over Numba's threads, with BLAS single-threaded meanwhile (the
 caller decides when; the one-thread passes are in ``forward``, ``backward`` and ``update``).
-They cover every net but BatchNorm's, whose statistics couple the batch's rows: a BatchNorm
-net runs its passes on one thread (its GEMMs on the BLAS's threads).
+``passes`` covers every net but BatchNorm's, whose statistics couple the batch's rows: its
+threads meet at every layer (``bnpasses``, which ends with ``weight_grads`` and
+``reduce_bias`` from here).
 
 - ``passes``: the batch's rows cut into T blocks, and each block's whole forward pass, loss
   and δ_L … δ_1 on a thread of its own (a row's δ depends on that row alone), so that the
