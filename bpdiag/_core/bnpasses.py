@@ -88,7 +88,7 @@ def forward_layer(theta, net, buf, k, mb, T, tnorms, spart, lossacc):
                  block(theta, w_off[k], n, n_in), True, Z)  # fmt: skip
             batch_statistics(Z, theta[b_off[k] : b_off[k] + n], tnorms[t, k])
         if rows > 0 and k == L - 1:
-            off_t = a_off.copy()  # block j's rows from r0 on, as in ``parallel.passes``
+            off_t = a_off.copy()  # block i's rows from r0 on, as in ``parallel.passes``
             for i in range(L + 1):
                 off_t[i] += r0 * sizes[i]
             buf_t = Buffers(off_t, acts, zs, hs, deltas, Y[r0:r1], g_t, spart[t], norms,
@@ -123,9 +123,9 @@ def backward_layer(theta, net, buf, k, mb, T, tnorms, sums):
         sums[t, 1] = 0.0
         D = block(deltas, a_off[k + 1] + r0 * n, rows, n)
         if g_off[k] >= 0:
-            g0, b0 = g_off[k], b_off[k]
+            gk, bk = g_off[k], b_off[k]
             sums[t, 0] = batch_delta(D, block(zs, a_off[k + 1] + r0 * n, rows, n),
-                                     theta[g0 : g0 + n], norms[k], g_t[b0 : b0 + n])  # fmt: skip
+                                     theta[gk : gk + n], norms[k], g_t[bk : bk + n])  # fmt: skip
         if k > 0 and rows > 0:
             D_prev = block(deltas, a_off[k] + r0 * n_in, rows, n_in)
             W = block(theta, w_off[k], n, n_in)
@@ -134,7 +134,7 @@ def backward_layer(theta, net, buf, k, mb, T, tnorms, sums):
             else:
                 gemm(D, False, W, False, D_prev)
         if k > 0:
-            j, g0 = k - 1, g_off[k - 1]
+            j, gj = k - 1, g_off[k - 1]  # layer l − 1's
             off = a_off[k] + r0 * n_in
             if skip[j] != 0:  # a_{l−1} = a_{l−2} + α h_{l−1}: ∂L/∂a_{l−1} reaches a_{l−2}
                 copy_block(block(deltas, off, rows, n_in),
@@ -142,12 +142,12 @@ def backward_layer(theta, net, buf, k, mb, T, tnorms, sums):
             st = tnorms[t, j]
             sums[t, 1] = affine_grads(
                 act, block(deltas, off, rows, n_in), block(zs, off, rows, n_in),
-                block(hs if skip[j] != 0 else acts, off, rows, n_in), theta[g0 : g0 + n_in],
-                theta[g0 + n_in : g0 + 2 * n_in], alpha if skip[j] != 0 else 1.0,
+                block(hs if skip[j] != 0 else acts, off, rows, n_in), theta[gj : gj + n_in],
+                theta[gj + n_in : gj + 2 * n_in], alpha if skip[j] != 0 else 1.0,
                 st[NM_SUM_G], st[NM_SUM_GZ],
             )  # fmt: skip
-            g_t[g0 : g0 + n_in] = st[NM_SUM_GZ, :n_in]  # ∂L/∂γ
-            g_t[g0 + n_in : g0 + 2 * n_in] = st[NM_SUM_G, :n_in]  # ∂L/∂β
+            g_t[gj : gj + n_in] = st[NM_SUM_GZ, :n_in]  # ∂L/∂γ
+            g_t[gj + n_in : gj + 2 * n_in] = st[NM_SUM_G, :n_in]  # ∂L/∂β
 
 
 @njit(**JIT)
