@@ -508,12 +508,15 @@ class _Interrupted(KeyboardInterrupt):
 @contextlib.contextmanager
 def _signals_as_interrupts(received: list[int] | None = None):
     """SIGINT and SIGTERM raise ``_Interrupted`` (the sweep marks what it leaves KILLED and
-    stops its workers); a second signal during that clean-up exits at once, as the next sweep
-    recovers the store anyway. Each signal's number is appended to ``received``.
+    stops its workers), after the store call in progress if any (``sweep.shield``); a second
+    signal, during that call or the clean-up, exits at once, as the next sweep recovers the
+    store anyway. Each signal's number is appended to ``received``.
 
     Python swallows an exception raised where it cannot propagate (a gc callback, a
     ``__del__``: "Exception ignored in …"); there the first signal is caught by
     ``sys.unraisablehook`` and delivered again, so one Ctrl-C is never lost."""
+    from bpdiag.sweep import shield
+
     swallowed: list[int] = []
 
     def first(signum, frame):
@@ -521,11 +524,12 @@ def _signals_as_interrupts(received: list[int] | None = None):
             signal.signal(sig, again)
         if received is not None:
             received.append(signum)
-        raise _Interrupted(signum)
+        shield.interrupt(_Interrupted(signum))  # a store call in progress ends first
 
     def again(signum, frame):
         if swallowed:  # the first one, delivered again where it can propagate
-            raise _Interrupted(swallowed.pop())
+            shield.interrupt(_Interrupted(swallowed.pop()))
+            return
         os.write(2, b"\nerror: interrupted again: stopped at once; the next sweep of this store "
                     b"marks what this one left as KILLED\n")  # fmt: skip
         os._exit(128 + signum)

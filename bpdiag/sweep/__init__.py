@@ -4,8 +4,9 @@
 - ``execute``: one run on a worker, pure and picklable (``RunResult``);
 - ``schedule``: the Dask workers (a LocalCluster or a scheduler's), warmed and fed the runs;
 - ``driver``: ``run_sweep``: resume, the workers' results into the store as they arrive;
-- ``tracking``: the one MLflow writer (and reader); ``compare``: tables across runs;
-  ``figures``: the verdict grid, loss curves and bars across runs.
+- ``tracking``: the one MLflow writer (and reader); ``shield``: its writes not cut in half
+  by an interrupt; ``compare``: tables across runs; ``figures``: the verdict grid, loss curves
+  and bars across runs.
 """
 
 from bpdiag.sweep.driver import SweepOutcome, run_sweep

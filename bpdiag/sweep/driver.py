@@ -1,6 +1,6 @@
 """``run_sweep``: expand the spec, skip what the store already has, train on the workers, log
 each result as it arrives (the driver is the only MLflow writer), finish with the parent's
-summary and comparisons."""
+summary and comparisons. Every store call runs ``shielded()``: an interrupt waits for it."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from bpdiag.sweep import notes, schedule
 from bpdiag.sweep.compare import run_names
 from bpdiag.sweep.config import RunConfig, SweepSpec, load_spec
 from bpdiag.sweep.execute import RunResult
+from bpdiag.sweep.shield import shielded
 from bpdiag.sweep.tracking import LEASE_S, STORE_TIMEOUT_S, Tracker, ui_url
 
 CLAIM_SETTLE_S = 1.0  # between claiming and comparing claims: other sweeps' claims land
@@ -85,9 +86,10 @@ def run_sweep(
     pending = schedule.start(scheduler, workers)
     try:
         source = Path(spec_path).read_text(encoding="utf-8-sig")  # load_spec read it as UTF-8
-        tracker = Tracker(tracking_uri)
-        tracker.probe(store_timeout)
-        plan, wanted = _open(tracker, spec, runs, source, rerun, lease, out)
+        with shielded():  # a new store's migrations, the parent run: never cut in half
+            tracker = Tracker(tracking_uri)
+            tracker.probe(store_timeout)
+            plan, wanted = _open(tracker, spec, runs, source, rerun, lease, out)
     except BaseException:
         pending.abort()
         raise
@@ -109,7 +111,8 @@ def run_sweep(
             todo = plan.todo or _take_over(plan, lease, out)
             while todo:
                 for result in pool.results(todo):
-                    _log(plan, result, rerun, out)
+                    with shielded():
+                        _log(plan, result, rerun, out)
                     spent["train_s"] += result.summary.get("train_seconds", 0.0)
                     spent["worker_s"] += result.timings.get("total_s", 0.0)
                     if on_result:
@@ -126,7 +129,8 @@ def run_sweep(
         beat.stop()
         if pool is None:
             pending.abort()
-        _finish(plan, status, out)
+        with shielded():
+            _finish(plan, status, out)
         if closing is not None:
             wait([closing])
         out.timings.update(
@@ -178,10 +182,12 @@ def _claim(plan: _Plan, wanted: list[RunConfig], rerun: bool, lease: float,
            out: SweepOutcome) -> None:  # fmt: skip
     """A claim on every run to do (``tracking``): the runs this sweep trains, those it waits
     for."""
-    plan.tracker.claim(plan.experiment_id, plan.parent, out.spec.name, wanted, plan.claims,
-                       plan.names)  # fmt: skip
+    with shielded():
+        plan.tracker.claim(plan.experiment_id, plan.parent, out.spec.name, wanted, plan.claims,
+                           plan.names)  # fmt: skip
     time.sleep(CLAIM_SETTLE_S)  # claims stamped before ours are committed by now
-    _divide(plan, wanted, rerun, lease, out)
+    with shielded():
+        _divide(plan, wanted, rerun, lease, out)
 
 
 def _divide(plan: _Plan, wanted: list[RunConfig], rerun: bool, lease: float,
@@ -208,8 +214,9 @@ def _take_over(plan: _Plan, lease: float, out: SweepOutcome) -> list[RunConfig]:
     """Wait for the runs other live sweeps are training: those they finish count as theirs,
     those they leave (their sweep died) this sweep trains. Returns the runs to train next."""
     while plan.waiting:
-        plan.tracker.reap(plan.experiment_id, lease)
-        _divide(plan, plan.waiting, False, lease, out)  # rerun or not: theirs is a fresh result
+        with shielded():
+            plan.tracker.reap(plan.experiment_id, lease)
+            _divide(plan, plan.waiting, False, lease, out)  # rerun or not: theirs is fresh
         if plan.todo:
             return plan.todo
         if plan.waiting:
