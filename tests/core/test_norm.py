@@ -5,7 +5,7 @@ of every optimizer × clipping mode, BatchNorm's running statistics and evaluati
 import numpy as np
 import pytest
 import reference as ref
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from problems import ACTIVATION_NAMES, LOSS_NAMES, make_problem
 
@@ -198,6 +198,7 @@ def test_a_reused_workspace_changes_nothing(norm, residual):
         assert np.array_equal(a, b, equal_nan=True)
 
 
+@settings(deadline=None)  # the first example loads the kernels from Numba's cache
 @given(m=st.integers(2, 40), n=st.integers(1, 9), cuts=st.lists(st.integers(0, 40), max_size=3),
        scale=st.sampled_from([1e-3, 1.0, 1e3]), shift=st.sampled_from([0.0, 1e4]))  # fmt: skip
 def test_merged_block_statistics_are_the_batch_statistics(m, n, cuts, scale, shift):
