@@ -88,9 +88,9 @@ def test_batchnorm_nets_train_on_two_threads_as_on_one(activation, loss, residua
     batches of 12: a batch of two or three rows would make BatchNorm's δ a difference of nearly
     equal terms (exactly 0 for two rows), its rounding amplified by orders of magnitude whatever
     adds it up. In float32 the net has no one-unit layer: BatchNorm over a single unit amplifies
-    float32 rounding ~1e3× (measured: one thread alone strays from the float64 run by up to
-    6e-4 in 20 steps, and the two runs part by as much), which would test the conditioning, not
-    the passes."""
+    float32 rounding ~1e3× (measured over 20 steps: one thread alone strays from the float64 run
+    by up to 6e-4, two threads by up to 6e-3), which would test the conditioning, not the
+    passes."""
     net = MLP([64] + [128] * 19 + [1], norm="batchnorm", residual=True)
     assert train_module._threads(None, net, 128) == numba.get_num_threads()
     X, Y = make_problem(loss, m=36, n_in=9, n_out=3, seed=1)
