@@ -1,5 +1,6 @@
 """Which BLAS computes the kernels' matrix products: chosen and bound before the first kernel
-runs, reported as threadpoolctl reads it, and held to one thread while the two-core step runs.
+runs, reported as threadpoolctl reads it, held to one thread while the two-core step runs, and
+its buffers warmed on each thread that calls it (``warm``).
 
 - ``mkl``: Intel's MKL (a dependency on x86-64 Linux), sequential. The default on Intel CPUs,
   where its GEMMs at these nets' sizes beat OpenBLAS's (``docs/performance.md``), unless
@@ -87,6 +88,47 @@ def _controller(path: str) -> object:
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController().select(filepath=path)
+
+
+WARM_SIZE = 512  # n of the n × n × n sgemm ``warm`` runs on each thread (14 ms on one AVX2 core)
+_warm_lock = threading.Lock()
+_warmed = 0  # how many of Numba's threads ``warm`` has run a product on
+
+
+def warm(threads: int) -> None:
+    """Run one WARM_SIZE³ sgemm on each of ``threads`` of Numba's threads, the BLAS on one
+    thread, once per process (again only for more threads); nothing for MKL.
+
+    Why: OpenBLAS's Haswell sgemm kernel prefetches the next panel of the packed operand, past
+    the end of the last one, into pages of the calling thread's buffer that no product has
+    touched yet. Where such a prefetch stalls the core (an AMD EPYC with AVX2 under a
+    hypervisor: the samples pile up on the instruction after ``prefetcht1``), products of width
+    128–320 run at a quarter of their speed (9.5 instead of 35 GFLOP/s on one core) until one
+    of width ≥ 400 has touched those pages; dgemm's kernel does not stall so, and one touched
+    buffer serves both. A two-core step, whose threads run products of half a batch's rows,
+    never gets there by itself: on that host the L float32 step took 148–183 ms in fresh
+    processes without this and 97–143 ms with it (``docs/performance.md``).
+    """
+    global _warmed
+    if bind().backend != "openblas" or threads <= _warmed:
+        return
+    import numba
+    import numpy as np
+
+    from bpdiag._core.gemm import touch_buffers
+
+    with _warm_lock:
+        if threads <= _warmed:
+            return
+        A = np.ones((threads, WARM_SIZE, WARM_SIZE), np.float32)
+        before = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            with single_threaded():
+                touch_buffers(A, np.empty_like(A))
+        finally:
+            numba.set_num_threads(before)
+        _warmed = threads
 
 
 # ---------------------------------------------------------------- finding and binding

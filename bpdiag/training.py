@@ -132,7 +132,8 @@ def _threads(threads: object, net: MLP, batch: int) -> int:
 @contextmanager
 def _threading(threads: int) -> Iterator[None]:
     """Numba's thread count for the kernels, and the BLAS on one thread while they run the
-    parallel passes."""
+    parallel passes; each thread's BLAS buffers warmed first (``blas.warm``)."""
+    blas.warm(threads)
     if threads == 1:
         yield
         return

@@ -111,3 +111,40 @@ def test_bad_backend_is_refused_at_first_use():
     res = _python("import bpdiag; from bpdiag import blas; blas.bind()", BPDIAG_BLAS="atlas")
     assert res.returncode != 0
     assert "BPDIAG_BLAS must be one of mkl, openblas, got 'atlas'" in res.stderr
+
+
+def test_warm_runs_once_per_thread_count_and_leaves_the_threads_as_they_were():
+    """``warm`` runs its product on every thread asked for, once (again only for more threads),
+    for OpenBLAS alone, and hands back Numba's and the BLAS's thread counts unchanged; training
+    warms the threads it uses."""
+    code = """if True:
+        import json, numba
+        import numpy as np
+        from pathlib import Path
+        from threadpoolctl import threadpool_info
+        import bpdiag
+        from bpdiag import blas
+        lib = blas.bind()
+        def counts():
+            mine = [i["num_threads"] for i in threadpool_info()
+                    if Path(i["filepath"]).resolve() == Path(lib.path)]
+            return [numba.get_num_threads(), mine]
+        before = counts()
+        seen = []
+        for step in ("train 1", "warm 1", "train 2", "warm 1", "warm 2"):
+            what, n = step.split()
+            if what == "warm":
+                blas.warm(int(n))
+            else:
+                bpdiag.train(bpdiag.MLP([3, 4, 1]), np.zeros((4, 3)), np.zeros((4, 1)),
+                             steps=1, threads=int(n))
+            seen.append(blas._warmed)
+        after = counts()
+        print(json.dumps({"backend": lib.backend, "seen": seen, "before": before,
+                          "after": after}))
+    """
+    res = _python(code, NUMBA_NUM_THREADS="2")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["before"] == out["after"]
+    assert out["seen"] == ([1, 1, 2, 2, 2] if out["backend"] == "openblas" else [0] * 5)

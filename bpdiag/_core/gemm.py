@@ -9,7 +9,7 @@ those names (``bpdiag.blas`` chooses and binds one before the first kernel runs)
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -73,3 +73,12 @@ def gemm_add(A, ta, B, tb, C):
     k = A.shape[0] if ta else A.shape[1]
     _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, _ld(B), A, _ld(A), 1.0, C,
                   _ld(C))  # fmt: skip
+
+
+@njit(parallel=True, cache=True)
+def touch_buffers(A, C):
+    """C[t] = A[t] A[t] for t < T, each on a thread of its own (A, C: (T, n, n)): with T equal
+    to Numba's thread count and the BLAS on one thread, a product on each thread (``blas.warm``
+    says why)."""
+    for t in prange(A.shape[0]):
+        gemm(A[t], False, A[t], False, C[t])

@@ -115,3 +115,13 @@ def test_one_cache_serves_either_library(tmp_path):
     assert (first["backend"], second["backend"]) == ("mkl", "openblas")
     assert first["hits"] == 0 and second["hits"] > 0
     assert first["error"] < 1 and second["error"] < 1
+
+
+def test_touch_buffers_is_one_product_per_slice():
+    from bpdiag._core.gemm import touch_buffers
+
+    A = np.random.default_rng(0).normal(size=(3, 17, 17)).astype(np.float32)
+    C = np.empty_like(A)
+    touch_buffers(A, C)
+    for t in range(3):
+        np.testing.assert_allclose(C[t], A[t].astype(np.float64) @ A[t], rtol=1e-5, atol=1e-5)
