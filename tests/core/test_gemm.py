@@ -1,5 +1,5 @@
 """The kernels' matrix product: numpy's result for every transpose, into blocks of flat buffers,
-from either library, and one on-disk cache that serves both."""
+from either library and from the register tiles, and one on-disk cache that serves both."""
 
 import json
 import os
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from numba import njit
 
 from bpdiag import blas
-from bpdiag._core.gemm import gemm
+from bpdiag._core.gemm import KC_BYTES, MC, MR, TA_ROW_BYTES, _tiles, gemm, gemm_add, tile_cols
 
 blas.bind()  # before the first kernel that calls gemm runs
 
@@ -67,6 +67,64 @@ def test_gemm_takes_column_blocks(m, k, n, ta, tb, pad, dtype):
     assert np.all(C[:, :pad] == 7.0) and np.all(C[:, pad + n :] == 7.0)  # the other columns
 
 
+@njit(cache=True)
+def _tiled_block(A, ta, B, C, c0, n, add):
+    """op(A) B into (or, with ``add``, onto) C's columns c0 … c0 + n − 1, and whether the tiles
+    took it."""
+    D = C[:, c0 : c0 + n]
+    k = A.shape[0] if ta else A.shape[1]
+    if add:
+        gemm_add(A, ta, B, False, D)
+    else:
+        gemm(A, ta, B, False, D)
+    return _tiles(A, ta, False, D, k)
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 3), k=st.integers(1, 700), ta=st.booleans(),
+       add=st.booleans(), dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 99))  # fmt: skip
+def test_tiles_are_the_matrix_product(rows, cols, k, ta, add, dtype, seed):
+    """Whole tiles of C (MR rows by ``tile_cols`` columns), sums longer than a block of terms
+    and C wider than a strip, a block of C's columns: numpy's product, added with gemm_add, and
+    the columns beside the block untouched."""
+    rng = np.random.default_rng(seed)
+    m = MR * rows
+    n = int(tile_cols(np.empty((1, 1), dtype))) * cols
+    A = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
+    B = rng.normal(size=(k, n)).astype(dtype)
+    C = rng.normal(size=(m, n + 5)).astype(dtype)
+    before = C.copy()
+    tiled = _tiled_block(A, ta, B, C, 3, n, add)
+    assert tiled == (not ta or m * A.itemsize <= TA_ROW_BYTES)
+    want = (A.T if ta else A).astype(np.float64) @ B.astype(np.float64)
+    if add:
+        want += before[:, 3 : 3 + n]
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(C[:, 3 : 3 + n], want, rtol=tol, atol=tol * np.sqrt(k + 1))
+    assert np.array_equal(C[:, :3], before[:, :3])
+    assert np.array_equal(C[:, 3 + n :], before[:, 3 + n :])
+
+
+def test_tiles_take_only_their_shapes():
+    """The tiles take C = op(A) B of whole tiles; a transposed B, a ragged C, no terms, or a
+    transposed A whose rows lie far apart go to the BLAS."""
+    f32 = np.float32
+    cols = int(tile_cols(np.empty((1, 1), f32)))
+
+    def tiles(a_shape, ta, tb, c_shape, k):
+        return _tiles(np.empty(a_shape, f32), ta, tb, np.empty(c_shape, f32), k)
+
+    assert tiles((8, 5), False, False, (8, cols), 5)
+    assert not tiles((8, 5), False, True, (8, cols), 5)  # B transposed
+    assert not tiles((6, 5), False, False, (6, cols), 5)  # rows not a multiple of MR
+    assert not tiles((8, 5), False, False, (8, cols + 1), 5)  # a ragged strip
+    assert not tiles((8, 0), False, False, (8, cols), 0)  # no terms
+    far = TA_ROW_BYTES // 4 + MR
+    assert tiles((5, TA_ROW_BYTES // 4), True, False, (TA_ROW_BYTES // 4, cols), 5)
+    assert not tiles((5, far), True, False, (far, cols), 5)
+    assert KC_BYTES % 64 == 0 and MC % MR == 0  # blocks of whole cache lines and whole tiles
+
+
 SCRIPT = textwrap.dedent("""
     import json, numpy as np
     from numba import njit
@@ -81,7 +139,7 @@ SCRIPT = textwrap.dedent("""
 
     rng, error = np.random.default_rng(0), 0.0
     for dtype in ("float32", "float64"):
-        for m, k, n in ((30, 20, 10), (1, 7, 5), (64, 128, 33)):
+        for m, k, n in ((30, 20, 10), (1, 7, 5), (64, 128, 33), (32, 300, 64)):
             for ta in (False, True):
                 for tb in (False, True):
                     A = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
