@@ -8,7 +8,7 @@ Two engines, one result to rounding:
   broadcast element of A and a vector of B at a time, each strip of B copied into a
   contiguous block while its first tile reads it. At the step's shapes (C up to a few hundred
   rows) it skips what a BLAS call spends on packing both operands and clearing C: on the
-  AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's sgemm runs 22–34, dgemm 18–20
+  AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's sgemm runs 22–35, dgemm 17–19
   against 11–17 (``docs/performance.md``). Shapes whose C is not whole tiles go to the BLAS.
 - The BLAS (every other product, the forward pass's a_{l−1} W_lᵀ among them). Compiled code
   calls the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by address, so
