@@ -3,22 +3,25 @@
 
 Two engines, one result to rounding:
 
-- ``tiled``, C (+)= op(A) B with B's rows contiguous (the backward pass's δ_l W_l and
-  δ_lᵀ a_{l−1}): register tiles of ``MR`` rows by ``NV`` vectors of C, one multiply-add of a
-  broadcast element of A and a vector of B at a time, each strip of B copied into a
-  contiguous block while its first tile reads it. At the step's shapes (C up to a few hundred
-  rows) it skips what a BLAS call spends on packing both operands and clearing C: on the
-  AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's sgemm runs 22–35, dgemm 17–19
-  against 11–17 (``docs/performance.md``). Shapes whose C is not whole tiles go to the BLAS.
-- The BLAS (every other product, the forward pass's a_{l−1} W_lᵀ among them). Compiled code
-  calls the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by address, so
-  kernels in Numba's on-disk cache stay valid whichever BLAS a later process binds to those
-  names (``bpdiag.blas`` chooses and binds one before the first kernel runs).
+- ``tiled``, C (+)= op(A) op(B) where C is whole tiles (the forward pass's a_{l−1} W_lᵀ,
+  the backward pass's δ_l W_l and δ_lᵀ a_{l−1}): register tiles of ``MR`` rows by ``NV``
+  vectors of C, one multiply-add of a broadcast element of A and a vector of op(B) at a time,
+  each strip of op(B) copied into a contiguous block on the stack while its first tile reads
+  it (gathering Wᵀ's columns one element at a time). At the step's shapes (C up to a few
+  hundred rows) it skips what a BLAS call spends on packing both operands and clearing C: on
+  the AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's sgemm runs 22–35, dgemm 17–19
+  against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm), 13–19 against 12–15 (dgemm)
+  (``docs/performance.md``).
+- The BLAS: C not whole tiles, or a transposed operand whose rows lie far apart. Compiled
+  code calls the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by
+  address, so kernels in Numba's on-disk cache stay valid whichever BLAS a later process binds
+  to those names (``bpdiag.blas`` chooses and binds one before the first kernel runs).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+
 from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, prange, types
@@ -43,71 +46,115 @@ VECTOR_BYTES = _vector_bytes()
 MR, NV = 4, 2  # a tile: MR rows by NV vectors of C, MR·NV accumulators in registers
 KC_BYTES, MC = 1024, 128  # a block: KC_BYTES / itemsize of the sum's terms (a packed strip
 # stays in L1) by MC rows of C
-TA_ROW_BYTES = 1024  # see ``_tiles``
+ROW_BYTES = 1024  # see ``_tiles``
 
 
-@intrinsic
-def _tile(typingctx, A, a_off, a_rs, a_ks, B, b_off, ldb, C, c_off, ldc, K, add, P, pack):
-    """One tile: C[c_off + r·ldc + j] (+ if add)= Σ_{k<K} A[a_off + r·a_rs + k·a_ks] ·
-    B[b_off + k·ldb + j] for r < MR, j < NV·VW (VW elements a vector), all flat element
-    offsets into the arrays' data; with ``pack`` each row of B read is also stored at
-    P[k·NV·VW], so later tiles read the strip contiguously (P as B, ldb = NV·VW)."""
-    sig = types.void(A, a_off, a_rs, a_ks, B, b_off, ldb, C, c_off, ldc, K, add, P, pack)
+def _make_tile(gather: bool):
+    """``_tile``: one tile, B's rows contiguous (a row of the strip is NV vector loads); with
+    ``gather``, ``_tile_gather``: B's columns contiguous (B = Wᵀ read from W), each element
+    of the strip loaded alone, so it only pays in the tile that packs the strip."""
 
-    def codegen(context, builder, signature, args):
-        A_, a0, a_rs_, a_ks_, B_, b0, ldb_, C_, c0, ldc_, K_, add_, P_, pack_ = args
-        dt = context.get_data_type(C.dtype)
-        size = context.get_abi_sizeof(dt)
-        vw = VECTOR_BYTES // size
-        vt, vp = ir.VectorType(dt, vw), ir.VectorType(dt, vw).as_pointer()
-        i64 = ir.IntType(64)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
-                                             f"llvm.fma.v{vw}f{8 * size}")  # fmt: skip
+    @intrinsic
+    def tile(typingctx, A, a_off, a_rs, a_ks, B, b_off, ldb, C, c_off, ldc, K, add, P, pack):
+        """C[c_off + r·ldc + j] (+ if add)= Σ_{k<K} A[a_off + r·a_rs + k·a_ks] · B_kj for
+        r < MR, j < NV·VW (VW elements a vector), with B_kj = B[b_off + k·ldb + j], or
+        B[b_off + k + j·ldb] if gathering; flat element offsets into the arrays' data (B and
+        P arrays or pointers). With ``pack`` each row of the strip read is also stored at
+        P[k·NV·VW], so later tiles read it contiguously (P as B, ldb = NV·VW)."""
+        sig = types.void(A, a_off, a_rs, a_ks, B, b_off, ldb, C, c_off, ldc, K, add, P, pack)
+        return sig, functools.partial(_tile_code, gather, A, B, C, P)
 
-        def data(value, aty):
-            return context.make_array(aty)(context, builder, value).data
+    return tile
 
-        def const(value):
-            return ir.Constant(i64, value)
 
-        def nonzero(flag):
-            return builder.icmp_unsigned("!=", flag, ir.Constant(flag.type, 0))
+def _tile_code(gather, A, B, C, P, context, builder, signature, args):
+    """LLVM IR of a tile: MR·NV vector accumulators, an FMA of a broadcast element of A and a
+    vector of B's strip each, added to (or stored in) C at the end."""
+    A_, a0, a_rs_, a_ks_, B_, b0, ldb_, C_, c0, ldc_, K_, add_, P_, pack_ = args
+    dt = context.get_data_type(C.dtype)
+    size = context.get_abi_sizeof(dt)
+    vw = VECTOR_BYTES // size
+    vt, vp = ir.VectorType(dt, vw), ir.VectorType(dt, vw).as_pointer()
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
+                                         f"llvm.fma.v{vw}f{8 * size}")  # fmt: skip
 
-        pa = builder.gep(data(A_, A), [a0])
-        pb = builder.gep(data(B_, B), [b0])
-        pc = builder.gep(data(C_, C), [c0])
-        pp = data(P_, P)
-        acc = [[cgutils.alloca_once(builder, vt) for _ in range(NV)] for _ in range(MR)]
-        for row in acc:
-            for slot in row:
-                builder.store(ir.Constant(vt, [0.0] * vw), slot)
-        undef, zero = ir.Constant(vt, ir.Undefined), ir.Constant(ir.IntType(32), 0)
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
-        with cgutils.for_range(builder, K_) as loop:
-            k = loop.index
+    def data(value, aty):
+        if isinstance(aty, types.CPointer):
+            return value
+        return context.make_array(aty)(context, builder, value).data
+
+    def const(value):
+        return ir.Constant(i64, value)
+
+    def nonzero(flag):
+        return builder.icmp_unsigned("!=", flag, ir.Constant(flag.type, 0))
+
+    pa = builder.gep(data(A_, A), [a0])
+    pb = builder.gep(data(B_, B), [b0])
+    pc = builder.gep(data(C_, C), [c0])
+    pp = data(P_, P)
+    acc = [[cgutils.alloca_once(builder, vt) for _ in range(NV)] for _ in range(MR)]
+    for row in acc:
+        for slot in row:
+            builder.store(ir.Constant(vt, [0.0] * vw), slot)
+    undef = ir.Constant(vt, ir.Undefined)
+    splat = ir.Constant(ir.VectorType(i32, vw), [0] * vw)
+    with cgutils.for_range(builder, K_) as loop:
+        k = loop.index
+        if gather:
+            b_col = builder.gep(pb, [k])
+            bv = []
+            for v in range(NV):
+                vec = undef
+                for lane in range(vw):
+                    q = builder.gep(b_col, [builder.mul(const(v * vw + lane), ldb_)])
+                    vec = builder.insert_element(vec, builder.load(q), ir.Constant(i32, lane))
+                bv.append(vec)
+        else:
             b_row = builder.gep(pb, [builder.mul(k, ldb_)])
             bv = [builder.load(builder.bitcast(builder.gep(b_row, [const(v * vw)]), vp), align=size)
                   for v in range(NV)]  # fmt: skip
-            with builder.if_then(nonzero(pack_)):
-                p_row = builder.gep(pp, [builder.mul(k, const(NV * vw))])
-                for v in range(NV):
-                    builder.store(bv[v], builder.bitcast(builder.gep(p_row, [const(v * vw)]), vp),
-                                  align=size)  # fmt: skip
-            a_col = builder.gep(pa, [builder.mul(k, a_ks_)])
-            for r in range(MR):
-                s = builder.load(builder.gep(a_col, [builder.mul(const(r), a_rs_)]))
-                s = builder.shuffle_vector(builder.insert_element(undef, s, zero), undef, splat)
-                for v in range(NV):
-                    builder.store(builder.call(fma, [s, bv[v], builder.load(acc[r][v])]), acc[r][v])
-        for r in range(MR):
-            c_row = builder.gep(pc, [builder.mul(const(r), ldc_)])
+        with builder.if_then(nonzero(pack_)):
+            p_row = builder.gep(pp, [builder.mul(k, const(NV * vw))])
             for v in range(NV):
-                ptr = builder.bitcast(builder.gep(c_row, [const(v * vw)]), vp)
-                with builder.if_then(nonzero(add_)):
-                    builder.store(builder.fadd(builder.load(ptr, align=size), builder.load(acc[r][v])),
-                                  acc[r][v])  # fmt: skip
-                builder.store(builder.load(acc[r][v]), ptr, align=size)
-        return context.get_dummy_value()
+                builder.store(bv[v], builder.bitcast(builder.gep(p_row, [const(v * vw)]), vp),
+                              align=size)  # fmt: skip
+        a_col = builder.gep(pa, [builder.mul(k, a_ks_)])
+        for r in range(MR):
+            s = builder.load(builder.gep(a_col, [builder.mul(const(r), a_rs_)]))
+            s = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
+                                       undef, splat)  # fmt: skip
+            for v in range(NV):
+                builder.store(builder.call(fma, [s, bv[v], builder.load(acc[r][v])]), acc[r][v])
+    for r in range(MR):
+        c_row = builder.gep(pc, [builder.mul(const(r), ldc_)])
+        for v in range(NV):
+            ptr = builder.bitcast(builder.gep(c_row, [const(v * vw)]), vp)
+            with builder.if_then(nonzero(add_)):
+                builder.store(builder.fadd(builder.load(ptr, align=size), builder.load(acc[r][v])),
+                              acc[r][v])  # fmt: skip
+            builder.store(builder.load(acc[r][v]), ptr, align=size)
+    return context.get_dummy_value()
+
+
+_tile = _make_tile(gather=False)
+_tile_gather = _make_tile(gather=True)
+
+
+@intrinsic
+def _strip(typingctx, C):
+    """A pointer to room for a packed strip of B (``KC_BYTES`` / itemsize rows of ``tile_cols``
+    elements of C's dtype) on the calling function's stack: no allocation per product."""
+    sig = types.CPointer(C.dtype)(C)
+
+    def codegen(context, builder, signature, args):
+        dt = context.get_data_type(C.dtype)
+        size = context.get_abi_sizeof(dt)
+        elements = (KC_BYTES // size) * (NV * VECTOR_BYTES // size)
+        room = cgutils.alloca_once(builder, ir.ArrayType(dt, elements))
+        room.align = 64
+        return builder.bitcast(room, dt.as_pointer())
 
     return sig, codegen
 
@@ -157,38 +204,46 @@ def tile_cols(C):
 
 
 @njit(cache=True)
-def tiled(A, ta, B, C, add):
-    """C (+ if add)= op(A) B by ``_tile``s, blocked KC_BYTES / itemsize terms by MC rows by a strip of
-    ``tile_cols`` columns: C (m, n) with m a multiple of MR and n of ``tile_cols``, B (k, n),
-    k > 0; rows contiguous as in ``gemm``."""
+def tiled(A, ta, B, tb, C, add):
+    """C (+ if add)= op(A) op(B) by tiles, blocked KC_BYTES / itemsize terms by MC rows by a
+    strip of ``tile_cols`` columns: C (m, n) with m a multiple of MR and n of ``tile_cols``,
+    k > 0 terms; rows contiguous as in ``gemm``. The first tile of each strip and block reads
+    op(B) (gathering it when B is transposed) and packs it; the others read the packed strip."""
     m, n = C.shape
     K = A.shape[0] if ta else A.shape[1]
     a_rs, a_ks = (1, _ld(A)) if ta else (_ld(A), 1)
     ldb, ldc, nw, kc_max = _ld(B), _ld(C), tile_cols(C), KC_BYTES // C.itemsize
-    P = np.empty(min(K, kc_max) * nw, C.dtype)  # the strip of B the tiles of a block share
+    P = _strip(C)
     for k0 in range(0, K, kc_max):
         kc = min(kc_max, K - k0)
         acc = add or k0 > 0
         for i0 in range(0, m, MC):
             i1 = min(m, i0 + MC)
             for j in range(0, n, nw):
-                _tile(A, i0 * a_rs + k0 * a_ks, a_rs, a_ks, B, k0 * ldb + j, ldb, C,
-                      i0 * ldc + j, ldc, kc, acc, P, True)  # fmt: skip
+                a0, c0 = i0 * a_rs + k0 * a_ks, i0 * ldc + j
+                if tb:
+                    _tile_gather(A, a0, a_rs, a_ks, B, k0 + j * ldb, ldb, C, c0, ldc, kc, acc, P, 1)
+                else:
+                    _tile(A, a0, a_rs, a_ks, B, k0 * ldb + j, ldb, C, c0, ldc, kc, acc, P, 1)
                 for i in range(i0 + MR, i1, MR):
                     _tile(A, i * a_rs + k0 * a_ks, a_rs, a_ks, P, 0, nw, C, i * ldc + j, ldc, kc,
-                          acc, P, False)  # fmt: skip
+                          acc, P, 0)  # fmt: skip
 
 
 @njit(cache=True, inline="always")
-def _tiles(A, ta, tb, C, k):
-    """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: B not transposed, C whole
-    tiles, and with A transposed, A's rows within ``TA_ROW_BYTES`` of each other (a tile reads
-    MR elements of each of k rows of A; rows further apart than that land in too few of L1's
-    sets, and the BLAS, which packs A, is faster: dgemm at 256 rows 15.3 against 16.1 GFLOP/s)."""
+def _tiles(A, ta, B, tb, C, k):
+    """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: C whole tiles, and each
+    transposed operand's rows within ``ROW_BYTES`` of each other. A tile reads MR elements of
+    each of k rows of a transposed A, and the first tile of a strip ``tile_cols`` elements of
+    each of k rows of a transposed B; rows further apart than that land in too few of L1's
+    sets, and the BLAS, which packs both, is faster (dgemm with Aᵀ at 256 rows, 2 KiB apart:
+    15.3 against 16.1 GFLOP/s)."""
     m, n = C.shape
-    if tb or k == 0 or m == 0 or m % MR != 0 or n == 0 or n % tile_cols(C) != 0:
+    if k == 0 or m == 0 or m % MR != 0 or n == 0 or n % tile_cols(C) != 0:
         return False
-    return not ta or _ld(A) * A.itemsize <= TA_ROW_BYTES
+    a_near = not ta or _ld(A) * A.itemsize <= ROW_BYTES
+    b_near = not tb or _ld(B) * B.itemsize <= ROW_BYTES
+    return a_near and b_near
 
 
 @njit(cache=True, inline="always")
@@ -207,8 +262,8 @@ def gemm(A, ta, B, tb, C):
     each row contiguous (C-contiguous, or a block of columns of such an array), C (m, n):
     ``tiled`` where it takes the shape, else the BLAS."""
     k = A.shape[0] if ta else A.shape[1]
-    if _tiles(A, ta, tb, C, k):
-        tiled(A, ta, B, C, False)
+    if _tiles(A, ta, B, tb, C, k):
+        tiled(A, ta, B, tb, C, False)
     else:
         blas_gemm(A, ta, B, tb, C, 0.0)
 
@@ -217,8 +272,8 @@ def gemm(A, ta, B, tb, C):
 def gemm_add(A, ta, B, tb, C):
     """C += op(A) op(B), as ``gemm``."""
     k = A.shape[0] if ta else A.shape[1]
-    if _tiles(A, ta, tb, C, k):
-        tiled(A, ta, B, C, True)
+    if _tiles(A, ta, B, tb, C, k):
+        tiled(A, ta, B, tb, C, True)
     else:
         blas_gemm(A, ta, B, tb, C, 1.0)
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from numba import njit
 
 from bpdiag import blas
-from bpdiag._core.gemm import KC_BYTES, MC, MR, TA_ROW_BYTES, _tiles, gemm, gemm_add, tile_cols
+from bpdiag._core.gemm import KC_BYTES, MC, MR, ROW_BYTES, _tiles, gemm, gemm_add, tile_cols
 
 blas.bind()  # before the first kernel that calls gemm runs
 
@@ -68,35 +68,37 @@ def test_gemm_takes_column_blocks(m, k, n, ta, tb, pad, dtype):
 
 
 @njit(cache=True)
-def _tiled_block(A, ta, B, C, c0, n, add):
-    """op(A) B into (or, with ``add``, onto) C's columns c0 … c0 + n − 1, and whether the tiles
-    took it."""
+def _tiled_block(A, ta, B, tb, C, c0, n, add):
+    """op(A) op(B) into (or, with ``add``, onto) C's columns c0 … c0 + n − 1, and whether the
+    tiles took it."""
     D = C[:, c0 : c0 + n]
     k = A.shape[0] if ta else A.shape[1]
     if add:
-        gemm_add(A, ta, B, False, D)
+        gemm_add(A, ta, B, tb, D)
     else:
-        gemm(A, ta, B, False, D)
-    return _tiles(A, ta, False, D, k)
+        gemm(A, ta, B, tb, D)
+    return _tiles(A, ta, B, tb, D, k)
 
 
 @settings(max_examples=50, deadline=None)
 @given(rows=st.integers(1, 40), cols=st.integers(1, 3), k=st.integers(1, 700), ta=st.booleans(),
-       add=st.booleans(), dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 99))  # fmt: skip
-def test_tiles_are_the_matrix_product(rows, cols, k, ta, add, dtype, seed):
+       tb=st.booleans(), add=st.booleans(), dtype=st.sampled_from(["float32", "float64"]),
+       seed=st.integers(0, 99))  # fmt: skip
+def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, dtype, seed):
     """Whole tiles of C (MR rows by ``tile_cols`` columns), sums longer than a block of terms
-    and C wider than a strip, a block of C's columns: numpy's product, added with gemm_add, and
-    the columns beside the block untouched."""
+    and C wider than a strip, B read as it is or gathered from Bᵀ, a block of C's columns:
+    numpy's product, added with gemm_add, and the columns beside the block untouched."""
     rng = np.random.default_rng(seed)
     m = MR * rows
     n = int(tile_cols(np.empty((1, 1), dtype))) * cols
     A = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
-    B = rng.normal(size=(k, n)).astype(dtype)
+    B = rng.normal(size=(n, k) if tb else (k, n)).astype(dtype)
     C = rng.normal(size=(m, n + 5)).astype(dtype)
     before = C.copy()
-    tiled = _tiled_block(A, ta, B, C, 3, n, add)
-    assert tiled == (not ta or m * A.itemsize <= TA_ROW_BYTES)
-    want = (A.T if ta else A).astype(np.float64) @ B.astype(np.float64)
+    tiled = _tiled_block(A, ta, B, tb, C, 3, n, add)
+    a_near, b_near = m * A.itemsize <= ROW_BYTES, k * B.itemsize <= ROW_BYTES
+    assert tiled == ((not ta or a_near) and (not tb or b_near))
+    want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
     if add:
         want += before[:, 3 : 3 + n]
     tol = 1e-13 if dtype == "float64" else 1e-5
@@ -106,22 +108,25 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, add, dtype, seed):
 
 
 def test_tiles_take_only_their_shapes():
-    """The tiles take C = op(A) B of whole tiles; a transposed B, a ragged C, no terms, or a
-    transposed A whose rows lie far apart go to the BLAS."""
+    """The tiles take C = op(A) op(B) of whole tiles; a ragged C, no terms, or a transposed
+    operand whose rows lie far apart go to the BLAS."""
     f32 = np.float32
     cols = int(tile_cols(np.empty((1, 1), f32)))
 
-    def tiles(a_shape, ta, tb, c_shape, k):
-        return _tiles(np.empty(a_shape, f32), ta, tb, np.empty(c_shape, f32), k)
+    def tiles(a_shape, ta, b_shape, tb, c_shape, k):
+        A, B, C = np.empty(a_shape, f32), np.empty(b_shape, f32), np.empty(c_shape, f32)
+        return _tiles(A, ta, B, tb, C, k)
 
-    assert tiles((8, 5), False, False, (8, cols), 5)
-    assert not tiles((8, 5), False, True, (8, cols), 5)  # B transposed
-    assert not tiles((6, 5), False, False, (6, cols), 5)  # rows not a multiple of MR
-    assert not tiles((8, 5), False, False, (8, cols + 1), 5)  # a ragged strip
-    assert not tiles((8, 0), False, False, (8, cols), 0)  # no terms
-    far = TA_ROW_BYTES // 4 + MR
-    assert tiles((5, TA_ROW_BYTES // 4), True, False, (TA_ROW_BYTES // 4, cols), 5)
-    assert not tiles((5, far), True, False, (far, cols), 5)
+    assert tiles((8, 5), False, (5, cols), False, (8, cols), 5)
+    assert tiles((8, 5), False, (cols, 5), True, (8, cols), 5)  # B transposed, rows near
+    assert not tiles((6, 5), False, (5, cols), False, (6, cols), 5)  # rows not a multiple of MR
+    assert not tiles((8, 5), False, (5, cols + 1), False, (8, cols + 1), 5)  # a ragged strip
+    assert not tiles((8, 0), False, (0, cols), False, (8, cols), 0)  # no terms
+    near, far = ROW_BYTES // 4, ROW_BYTES // 4 + MR
+    assert tiles((5, near), True, (5, cols), False, (near, cols), 5)
+    assert not tiles((5, far), True, (5, cols), False, (far, cols), 5)  # Aᵀ's rows far apart
+    assert tiles((8, near), False, (cols, near), True, (8, cols), near)
+    assert not tiles((8, far), False, (cols, far), True, (8, cols), far)  # Bᵀ's rows far apart
     assert KC_BYTES % 64 == 0 and MC % MR == 0  # blocks of whole cache lines and whole tiles
 
 
