@@ -12,7 +12,7 @@ Two engines, one result to rounding:
   the AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's sgemm runs 22–35, dgemm 17–19
   against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm), 13–19 against 12–15 (dgemm)
   (``docs/performance.md``).
-- The BLAS: C not whole tiles, or a transposed operand whose rows lie far apart. Compiled
+- The BLAS: C not whole tiles, or B's rows (or a transposed A's) far apart, as at XL. Compiled
   code calls the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by
   address, so kernels in Numba's on-disk cache stay valid whichever BLAS a later process binds
   to those names (``bpdiag.blas`` chooses and binds one before the first kernel runs).
@@ -232,17 +232,19 @@ def tiled(A, ta, B, tb, C, add):
 
 @njit(cache=True, inline="always")
 def _tiles(A, ta, B, tb, C, k):
-    """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: C whole tiles, and each
-    transposed operand's rows within ``ROW_BYTES`` of each other. A tile reads MR elements of
-    each of k rows of a transposed A, and the first tile of a strip ``tile_cols`` elements of
-    each of k rows of a transposed B; rows further apart than that land in too few of L1's
-    sets, and the BLAS, which packs both, is faster (dgemm with Aᵀ at 256 rows, 2 KiB apart:
-    15.3 against 16.1 GFLOP/s)."""
+    """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: C whole tiles, B's rows
+    and a transposed A's within ``ROW_BYTES`` of each other. A tile reads MR elements of each
+    of k rows of a transposed A, and a strip's first tile ``tile_cols`` elements of each of k
+    rows of B (or one of each of ``tile_cols`` rows of a transposed B, k times); rows further
+    apart than that land in too few of L1's sets, and the BLAS, which packs both operands, is
+    faster (one core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB
+    apart as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in XL's float32, 21.6
+    against 22.8)."""
     m, n = C.shape
     if k == 0 or m == 0 or m % MR != 0 or n == 0 or n % tile_cols(C) != 0:
         return False
     a_near = not ta or _ld(A) * A.itemsize <= ROW_BYTES
-    b_near = not tb or _ld(B) * B.itemsize <= ROW_BYTES
+    b_near = _ld(B) * B.itemsize <= ROW_BYTES
     return a_near and b_near
 
 

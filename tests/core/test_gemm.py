@@ -96,8 +96,8 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, dtype, seed):
     C = rng.normal(size=(m, n + 5)).astype(dtype)
     before = C.copy()
     tiled = _tiled_block(A, ta, B, tb, C, 3, n, add)
-    a_near, b_near = m * A.itemsize <= ROW_BYTES, k * B.itemsize <= ROW_BYTES
-    assert tiled == ((not ta or a_near) and (not tb or b_near))
+    a_near, b_near = m * A.itemsize <= ROW_BYTES, B.shape[1] * B.itemsize <= ROW_BYTES
+    assert tiled == ((not ta or a_near) and b_near)
     want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
     if add:
         want += before[:, 3 : 3 + n]
@@ -127,6 +127,8 @@ def test_tiles_take_only_their_shapes():
     assert not tiles((5, far), True, (5, cols), False, (far, cols), 5)  # Aᵀ's rows far apart
     assert tiles((8, near), False, (cols, near), True, (8, cols), near)
     assert not tiles((8, far), False, (cols, far), True, (8, cols), far)  # Bᵀ's rows far apart
+    wide = ROW_BYTES // 4 + cols
+    assert not tiles((8, 5), False, (5, wide), False, (8, wide), 5)  # B's rows far apart
     assert KC_BYTES % 64 == 0 and MC % MR == 0  # blocks of whole cache lines and whole tiles
 
 
