@@ -12,7 +12,9 @@ Two engines, one result to rounding:
   the AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's sgemm runs 22–35, dgemm 17–19
   against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm), 13–19 against 12–15 (dgemm)
   (``docs/performance.md``).
-- The BLAS: C not whole tiles, or B's rows (or a transposed A's) far apart, as at XL. Compiled
+- The BLAS: C not whole tiles, or B's rows (or a transposed A's) far apart, as at XL; and
+  every product on hosts the tiles were not measured to pay on (``TILES``: AVX-512 hosts,
+  where OpenBLAS's own kernels are twice as wide, or no AVX2 and FMA). Compiled
   code calls the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by
   address, so kernels in Numba's on-disk cache stay valid whichever BLAS a later process binds
   to those names (``bpdiag.blas`` chooses and binds one before the first kernel runs).
@@ -32,17 +34,22 @@ SYMBOLS = {"sgemm": "bpdiag_sgemm", "dgemm": "bpdiag_dgemm"}
 _N, _T = ord("N"), ord("T")
 
 
-def _vector_bytes() -> int:
-    """The widest vector the host's cores take: 64 bytes with AVX-512F, else 32. Numba's
-    on-disk cache keys its kernels by the host's CPU features, so a cached tile has the width
-    of the machine that runs it."""
+def _tiles_pay() -> bool:
+    """Whether the host is one the tiles were measured to beat the BLAS on: x86 with AVX2 and
+    FMA but no AVX-512 (OpenBLAS's Haswell kernels; the AVX2 EPYC host). Where AVX-512 runs,
+    OpenBLAS's SkylakeX kernels keep twice the tiles' width of multiply-adds in flight; without
+    FMA a tile's ``llvm.fma`` would be a library call. Numba's on-disk cache keys its kernels by
+    the host's CPU features, so a cached kernel made its choice on the machine that runs it."""
     try:
-        return 64 if llvm.get_host_cpu_features().get("avx512f", False) else 32
-    except RuntimeError:  # features unknown: 32-byte vectors are legal everywhere LLVM goes
-        return 32
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:  # features unknown
+        return False
+    has = {name for name, on in features.items() if on}
+    return {"avx2", "fma"} <= has and "avx512f" not in has
 
 
-VECTOR_BYTES = _vector_bytes()
+TILES = _tiles_pay()  # ``gemm`` takes the tiles where they pay; ``tiled`` runs anywhere
+VECTOR_BYTES = 32  # a vector of the tiles: AVX2's
 MR, NV = 4, 2  # a tile: MR rows by NV vectors of C, MR·NV accumulators in registers
 KC_BYTES, MC = 1024, 128  # a block: KC_BYTES / itemsize of the sum's terms (a packed strip
 # stays in L1) by MC rows of C
@@ -232,8 +239,8 @@ def tiled(A, ta, B, tb, C, add):
 
 @njit(cache=True, inline="always")
 def _tiles(A, ta, B, tb, C, k):
-    """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: C whole tiles, B's rows
-    and a transposed A's within ``ROW_BYTES`` of each other. A tile reads MR elements of each
+    """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: on a host where the tiles
+    pay (``TILES``), C whole tiles, B's rows and a transposed A's within ``ROW_BYTES`` of each other. A tile reads MR elements of each
     of k rows of a transposed A, and a strip's first tile ``tile_cols`` elements of each of k
     rows of B (or one of each of ``tile_cols`` rows of a transposed B, k times); rows further
     apart than that land in too few of L1's sets, and the BLAS, which packs both operands, is
@@ -241,7 +248,7 @@ def _tiles(A, ta, B, tb, C, k):
     apart as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in XL's float32, 21.6
     against 22.8)."""
     m, n = C.shape
-    if k == 0 or m == 0 or m % MR != 0 or n == 0 or n % tile_cols(C) != 0:
+    if not TILES or k == 0 or m == 0 or m % MR != 0 or n == 0 or n % tile_cols(C) != 0:
         return False
     a_near = not ta or _ld(A) * A.itemsize <= ROW_BYTES
     b_near = _ld(B) * B.itemsize <= ROW_BYTES

@@ -14,7 +14,18 @@ from hypothesis import strategies as st
 from numba import njit
 
 from bpdiag import blas
-from bpdiag._core.gemm import KC_BYTES, MC, MR, ROW_BYTES, _tiles, gemm, gemm_add, tile_cols
+from bpdiag._core.gemm import (
+    KC_BYTES,
+    MC,
+    MR,
+    ROW_BYTES,
+    TILES,
+    _tiles,
+    gemm,
+    gemm_add,
+    tile_cols,
+    tiled,
+)
 
 blas.bind()  # before the first kernel that calls gemm runs
 
@@ -68,26 +79,29 @@ def test_gemm_takes_column_blocks(m, k, n, ta, tb, pad, dtype):
 
 
 @njit(cache=True)
-def _tiled_block(A, ta, B, tb, C, c0, n, add):
-    """op(A) op(B) into (or, with ``add``, onto) C's columns c0 … c0 + n − 1, and whether the
-    tiles took it."""
+def _tiled_block(A, ta, B, tb, C, c0, n, add, direct):
+    """op(A) op(B) into (or, with ``add``, onto) C's columns c0 … c0 + n − 1, by the tiles
+    (``direct``) or by ``gemm``/``gemm_add``; and whether ``gemm`` takes the tiles."""
     D = C[:, c0 : c0 + n]
     k = A.shape[0] if ta else A.shape[1]
-    if add:
+    if direct:
+        tiled(A, ta, B, tb, D, add)
+    elif add:
         gemm_add(A, ta, B, tb, D)
     else:
         gemm(A, ta, B, tb, D)
     return _tiles(A, ta, B, tb, D, k)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(rows=st.integers(1, 40), cols=st.integers(1, 3), k=st.integers(1, 700), ta=st.booleans(),
-       tb=st.booleans(), add=st.booleans(), dtype=st.sampled_from(["float32", "float64"]),
-       seed=st.integers(0, 99))  # fmt: skip
-def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, dtype, seed):
+       tb=st.booleans(), add=st.booleans(), direct=st.booleans(),
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 99))  # fmt: skip
+def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype, seed):
     """Whole tiles of C (MR rows by ``tile_cols`` columns), sums longer than a block of terms
     and C wider than a strip, B read as it is or gathered from Bᵀ, a block of C's columns:
-    numpy's product, added with gemm_add, and the columns beside the block untouched."""
+    numpy's product, added with ``add``, and the columns beside the block untouched; by the
+    tiles themselves (on any host) and by ``gemm``, which takes them where they pay."""
     rng = np.random.default_rng(seed)
     m = MR * rows
     n = int(tile_cols(np.empty((1, 1), dtype))) * cols
@@ -95,9 +109,9 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, dtype, seed):
     B = rng.normal(size=(n, k) if tb else (k, n)).astype(dtype)
     C = rng.normal(size=(m, n + 5)).astype(dtype)
     before = C.copy()
-    tiled = _tiled_block(A, ta, B, tb, C, 3, n, add)
+    takes = _tiled_block(A, ta, B, tb, C, 3, n, add, direct)
     a_near, b_near = m * A.itemsize <= ROW_BYTES, B.shape[1] * B.itemsize <= ROW_BYTES
-    assert tiled == ((not ta or a_near) and b_near)
+    assert takes == (TILES and (not ta or a_near) and b_near)
     want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
     if add:
         want += before[:, 3 : 3 + n]
@@ -107,6 +121,7 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, dtype, seed):
     assert np.array_equal(C[:, 3 + n :], before[:, 3 + n :])
 
 
+@pytest.mark.skipif(not TILES, reason="the tiles pay only on AVX2 hosts without AVX-512")
 def test_tiles_take_only_their_shapes():
     """The tiles take C = op(A) op(B) of whole tiles; a ragged C, no terms, or a transposed
     operand whose rows lie far apart go to the BLAS."""
