@@ -14,10 +14,10 @@ Two engines, one result to rounding:
   (``docs/performance.md``).
 - The BLAS: C not whole tiles, or B's rows (or a transposed A's) far apart, as at XL; and
   every product on hosts the tiles were not measured to pay on (``TILES``: AVX-512 hosts,
-  where OpenBLAS's own kernels are twice as wide, or no AVX2 and FMA). Compiled
-  code calls the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by
-  address, so kernels in Numba's on-disk cache stay valid whichever BLAS a later process binds
-  to those names (``bpdiag.blas`` chooses and binds one before the first kernel runs).
+  where OpenBLAS's own kernels are twice as wide, or no AVX2 and FMA). Compiled code calls
+  the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by address, so
+  kernels in Numba's on-disk cache stay valid whichever BLAS a later process binds to those
+  names (``bpdiag.blas`` chooses and binds one before the first kernel runs).
 """
 
 from __future__ import annotations
@@ -240,11 +240,11 @@ def tiled(A, ta, B, tb, C, add):
 @njit(cache=True, inline="always")
 def _tiles(A, ta, B, tb, C, k):
     """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: on a host where the tiles
-    pay (``TILES``), C whole tiles, B's rows and a transposed A's within ``ROW_BYTES`` of each other. A tile reads MR elements of each
-    of k rows of a transposed A, and a strip's first tile ``tile_cols`` elements of each of k
-    rows of B (or one of each of ``tile_cols`` rows of a transposed B, k times); rows further
-    apart than that land in too few of L1's sets, and the BLAS, which packs both operands, is
-    faster (one core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB
+    pay (``TILES``), C whole tiles, B's rows and a transposed A's within ``ROW_BYTES`` of each
+    other. A tile reads MR elements of each of k rows of a transposed A, and a strip's first
+    tile ``tile_cols`` elements of each of k rows of B (or one of each of ``tile_cols`` rows of
+    a transposed B, k times); rows further apart than that land in too few of L1's sets, and
+    the BLAS, which packs both operands, is faster (one core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB
     apart as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in XL's float32, 21.6
     against 22.8)."""
     m, n = C.shape
