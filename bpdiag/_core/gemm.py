@@ -244,9 +244,9 @@ def _tiles(A, ta, B, tb, C, k):
     other. A tile reads MR elements of each of k rows of a transposed A, and a strip's first
     tile ``tile_cols`` elements of each of k rows of B (or one of each of ``tile_cols`` rows of
     a transposed B, k times); rows further apart than that land in too few of L1's sets, and
-    the BLAS, which packs both operands, is faster (one core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB
-    apart as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in XL's float32, 21.6
-    against 22.8)."""
+    the BLAS, which packs both operands, is faster (one core: Aᵀ 256 rows of 2 KiB, dgemm
+    15.3 against 16.1 GFLOP/s; B rows 2 KiB apart as in L's δ_l W_l in float64, 10.7 against
+    11.6; 4 KiB in XL's float32, 21.6 against 22.8)."""
     m, n = C.shape
     if not TILES or k == 0 or m == 0 or m % MR != 0 or n == 0 or n % tile_cols(C) != 0:
         return False

@@ -123,8 +123,8 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
 
 @pytest.mark.skipif(not TILES, reason="the tiles pay only on AVX2 hosts without AVX-512")
 def test_tiles_take_only_their_shapes():
-    """The tiles take C = op(A) op(B) of whole tiles; a ragged C, no terms, or a transposed
-    operand whose rows lie far apart go to the BLAS."""
+    """The tiles take C = op(A) op(B) of whole tiles; a ragged C, no terms, or B's rows (or a
+    transposed A's) far apart go to the BLAS."""
     f32 = np.float32
     cols = int(tile_cols(np.empty((1, 1), f32)))
 
