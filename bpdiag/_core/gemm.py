@@ -5,16 +5,17 @@ Two engines, one result to rounding:
 
 - ``tiled``, C (+)= op(A) op(B) where C is whole tiles (the forward pass's a_{l−1} W_lᵀ,
   the backward pass's δ_l W_l and δ_lᵀ a_{l−1}): register tiles of ``MR`` rows by ``NV``
-  vectors of C, one multiply-add of a broadcast element of A and a vector of op(B) at a time,
-  each strip of op(B) copied into a contiguous block on the stack while its first tile reads
-  it (gathering Wᵀ's columns one element at a time). At the step's shapes (C up to a few
-  hundred rows) it skips what a BLAS call spends on packing both operands and clearing C: on
-  the AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's sgemm runs 22–35, dgemm 17–19
-  against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm), 13–19 against 12–15 (dgemm)
-  (``docs/performance.md``).
-- The BLAS: C not whole tiles, or B's rows (or a transposed A's) far apart, as at XL; and
-  every product on hosts the tiles were not measured to pay on (``TILES``: AVX-512 hosts,
-  where OpenBLAS's own kernels are twice as wide, or no AVX2 and FMA). Compiled code calls
+  vectors of C (AVX2's or AVX-512's), one multiply-add of a broadcast element of A and a
+  vector of op(B) at a time, each strip of op(B) copied into a contiguous block on the stack
+  while its first tile reads it (gathering Wᵀ's columns one element at a time). At the step's
+  shapes (C up to a few hundred rows) it skips what a BLAS call spends on packing both
+  operands and clearing C: on the AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's
+  sgemm runs 22–35, dgemm 17–19 against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm),
+  13–19 against 12–15 (dgemm); on the AVX-512 EPYC host 1.1–1.5× OpenBLAS's rate from 64 ×
+  128 × 128 to 128 × 256 × 256 in float32, 1.1–1.25× in float64 (``docs/performance.md``).
+- The BLAS: C not whole tiles, small products OpenBLAS runs without packing, or B's rows (or
+  a transposed A's) far apart, as at XL; and every product on hosts without AVX2 and FMA
+  (``_tiles``). Compiled code calls
   the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by address, so
   kernels in Numba's on-disk cache stay valid whichever BLAS a later process binds to those
   names (``bpdiag.blas`` chooses and binds one before the first kernel runs).
@@ -34,26 +35,31 @@ SYMBOLS = {"sgemm": "bpdiag_sgemm", "dgemm": "bpdiag_dgemm"}
 _N, _T = ord("N"), ord("T")
 
 
-def _tiles_pay() -> bool:
-    """Whether the host is one the tiles were measured to beat the BLAS on: x86 with AVX2 and
-    FMA but no AVX-512 (OpenBLAS's Haswell kernels; the AVX2 EPYC host). Where AVX-512 runs,
-    OpenBLAS's SkylakeX kernels keep twice the tiles' width of multiply-adds in flight; without
-    FMA a tile's ``llvm.fma`` would be a library call. Numba's on-disk cache keys its kernels by
-    the host's CPU features, so a cached kernel made its choice on the machine that runs it."""
+def _host_features() -> set[str]:
+    """The CPU features LLVM compiles for on this host (empty where it cannot tell). Numba's
+    on-disk cache keys its kernels by them, so a cached kernel made its choices below on the
+    kind of machine that runs it."""
     try:
         features = llvm.get_host_cpu_features()
     except RuntimeError:  # features unknown
-        return False
-    has = {name for name, on in features.items() if on}
-    return {"avx2", "fma"} <= has and "avx512f" not in has
+        return set()
+    return {name for name, on in features.items() if on}
 
 
-TILES = _tiles_pay()  # ``gemm`` takes the tiles where they pay; ``tiled`` runs anywhere
-VECTOR_BYTES = 32  # a vector of the tiles: AVX2's
-MR, NV = 4, 2  # a tile: MR rows by NV vectors of C, MR·NV accumulators in registers
+_HOST = _host_features()
+AVX512 = "avx512f" in _HOST
+# The tiles need AVX2 and FMA (without FMA a tile's ``llvm.fma`` would be a library call);
+# they were measured to beat OpenBLAS on the AVX2 EPYC host (Haswell kernels) and, with
+# AVX-512's registers, on the AVX-512 EPYC host (SkylakeX kernels) (``docs/performance.md``).
+TILES = {"avx2", "fma"} <= _HOST  # ``gemm`` takes the tiles where they pay; ``tiled`` runs anywhere
+VECTOR_BYTES = 64 if AVX512 else 32  # a vector of the tiles: a zmm or a ymm register
+MR, NV = (8, 2) if AVX512 else (4, 2)  # a tile: MR rows by NV vectors of C, MR·NV accumulators
+# in registers (16 of AVX-512's 32, 8 of AVX2's 16)
 KC_BYTES, MC = 1024, 128  # a block: KC_BYTES / itemsize of the sum's terms (a packed strip
 # stays in L1) by MC rows of C
 ROW_BYTES = 1024  # see ``_tiles``
+# Below these m·n·k the BLAS is faster (see ``_tiles``): for B as it is, and for B transposed.
+MIN_WORK, MIN_WORK_T = (2**20, 2**17) if AVX512 else (0, 0)
 
 
 def _make_tile(gather: bool):
@@ -241,14 +247,22 @@ def tiled(A, ta, B, tb, C, add):
 def _tiles(A, ta, B, tb, C, k):
     """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: on a host where the tiles
     pay (``TILES``), C whole tiles, B's rows and a transposed A's within ``ROW_BYTES`` of each
-    other. A tile reads MR elements of each of k rows of a transposed A, and a strip's first
-    tile ``tile_cols`` elements of each of k rows of B (or one of each of ``tile_cols`` rows of
-    a transposed B, k times); rows further apart than that land in too few of L1's sets, and
-    the BLAS, which packs both operands, is faster (one core: Aᵀ 256 rows of 2 KiB, dgemm
-    15.3 against 16.1 GFLOP/s; B rows 2 KiB apart as in L's δ_l W_l in float64, 10.7 against
-    11.6; 4 KiB in XL's float32, 21.6 against 22.8)."""
+    other, and m·n·k at least ``MIN_WORK`` (``MIN_WORK_T`` for B transposed). A tile reads MR
+    elements of each of k rows of a transposed A, and a strip's first tile ``tile_cols``
+    elements of each of k rows of B (or one of each of ``tile_cols`` rows of a transposed B, k
+    times); rows further apart than that land in too few of L1's sets, and the BLAS, which
+    packs both operands, is faster (one AVX2 core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against
+    16.1 GFLOP/s; B rows 2 KiB apart as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in
+    XL's float32, 21.6 against 22.8; on the AVX-512 host an L float64 step with B's rows 2 KiB
+    apart in the tiles took 1.14–1.17× the BLAS's time, though one core alone ran the product
+    1.1× faster).
+    OpenBLAS's SkylakeX kernels run products of up to 10⁶ multiply-adds without packing: for B
+    as it is they beat the tiles up to 32 × 128 × 128 (0.35–0.99 of their rate), and for B
+    transposed up to 16 × 64 × 64 (0.55–0.91)."""
     m, n = C.shape
     if not TILES or k == 0 or m == 0 or m % MR != 0 or n == 0 or n % tile_cols(C) != 0:
+        return False
+    if m * n * k < (MIN_WORK_T if tb else MIN_WORK):
         return False
     a_near = not ta or _ld(A) * A.itemsize <= ROW_BYTES
     b_near = _ld(B) * B.itemsize <= ROW_BYTES

@@ -17,6 +17,8 @@ from bpdiag import blas
 from bpdiag._core.gemm import (
     KC_BYTES,
     MC,
+    MIN_WORK,
+    MIN_WORK_T,
     MR,
     ROW_BYTES,
     TILES,
@@ -111,7 +113,8 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
     before = C.copy()
     takes = _tiled_block(A, ta, B, tb, C, 3, n, add, direct)
     a_near, b_near = m * A.itemsize <= ROW_BYTES, B.shape[1] * B.itemsize <= ROW_BYTES
-    assert takes == (TILES and (not ta or a_near) and b_near)
+    big = m * n * k >= (MIN_WORK_T if tb else MIN_WORK)
+    assert takes == (TILES and (not ta or a_near) and b_near and big)
     want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
     if add:
         want += before[:, 3 : 3 + n]
@@ -121,29 +124,45 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
     assert np.array_equal(C[:, 3 + n :], before[:, 3 + n :])
 
 
-@pytest.mark.skipif(not TILES, reason="the tiles pay only on AVX2 hosts without AVX-512")
+@pytest.mark.skipif(not TILES, reason="the tiles need AVX2 and FMA")
 def test_tiles_take_only_their_shapes():
-    """The tiles take C = op(A) op(B) of whole tiles; a ragged C, no terms, or B's rows (or a
-    transposed A's) far apart go to the BLAS."""
+    """The tiles take C = op(A) op(B) of whole tiles; a ragged C, no terms, a product below
+    the BLAS's small-matrix sizes, or B's rows (or a transposed A's) far apart go to the
+    BLAS."""
     f32 = np.float32
     cols = int(tile_cols(np.empty((1, 1), f32)))
+
+    def terms(m, n, tb):  # enough terms for the product to be past the small sizes
+        return max(5, -(-(MIN_WORK_T if tb else MIN_WORK) // (m * n)))
 
     def tiles(a_shape, ta, b_shape, tb, c_shape, k):
         A, B, C = np.empty(a_shape, f32), np.empty(b_shape, f32), np.empty(c_shape, f32)
         return _tiles(A, ta, B, tb, C, k)
 
-    assert tiles((8, 5), False, (5, cols), False, (8, cols), 5)
-    assert tiles((8, 5), False, (cols, 5), True, (8, cols), 5)  # B transposed, rows near
-    assert not tiles((6, 5), False, (5, cols), False, (6, cols), 5)  # rows not a multiple of MR
-    assert not tiles((8, 5), False, (5, cols + 1), False, (8, cols + 1), 5)  # a ragged strip
-    assert not tiles((8, 0), False, (0, cols), False, (8, cols), 0)  # no terms
+    k = terms(MR, cols, False)
+    assert tiles((MR, k), False, (k, cols), False, (MR, cols), k)
+    if MIN_WORK > 1:
+        s = terms(MR, cols, False) - 1
+        assert not tiles((MR, s), False, (s, cols), False, (MR, cols), s)  # small: the BLAS
     near, far = ROW_BYTES // 4, ROW_BYTES // 4 + MR
-    assert tiles((5, near), True, (5, cols), False, (near, cols), 5)
-    assert not tiles((5, far), True, (5, cols), False, (far, cols), 5)  # Aᵀ's rows far apart
-    assert tiles((8, near), False, (cols, near), True, (8, cols), near)
-    assert not tiles((8, far), False, (cols, far), True, (8, cols), far)  # Bᵀ's rows far apart
+    m = MR * max(1, -(-MIN_WORK_T // (MR * cols * near)))  # rows enough for near terms
+    assert tiles((m, near), False, (cols, near), True, (m, cols), near)  # B transposed
+    if MIN_WORK_T > 1:
+        assert not tiles((MR, 5), False, (cols, 5), True, (MR, cols), 5)  # small: the BLAS
+    k = terms(MR + 2, cols, False)
+    ragged = (MR + 2, cols)
+    assert not tiles((MR + 2, k), False, (k, cols), False, ragged, k)  # rows not whole tiles
+    k = terms(MR, cols + 1, False)
+    assert not tiles((MR, k), False, (k, cols + 1), False, (MR, cols + 1), k)  # a ragged strip
+    assert not tiles((MR, 0), False, (0, cols), False, (MR, cols), 0)  # no terms
+    k = terms(near, cols, False)
+    assert tiles((k, near), True, (k, cols), False, (near, cols), k)
+    k = terms(far, cols, False)
+    assert not tiles((k, far), True, (k, cols), False, (far, cols), k)  # Aᵀ's rows far apart
+    assert not tiles((m, far), False, (cols, far), True, (m, cols), far)  # Bᵀ's far apart
     wide = ROW_BYTES // 4 + cols
-    assert not tiles((8, 5), False, (5, wide), False, (8, wide), 5)  # B's rows far apart
+    k = terms(MR, wide, False)
+    assert not tiles((MR, k), False, (k, wide), False, (MR, wide), k)  # B's rows far apart
     assert KC_BYTES % 64 == 0 and MC % MR == 0  # blocks of whole cache lines and whole tiles
 
 
