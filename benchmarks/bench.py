@@ -548,9 +548,15 @@ def machine() -> dict[str, object]:
     from threadpoolctl import threadpool_info
 
     cpu = ""
+    # the name, and the family and model: a VM's name may be only "AMD EPYC"
     if Path("/proc/cpuinfo").exists():
-        lines = [x for x in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in x]
-        cpu = lines[0].split(":", 1)[1].strip() if lines else ""
+        info = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+        cpu = info.get("model name", "")
+        if "cpu family" in info and "model" in info:
+            cpu += f", family {info['cpu family']} model {info['model']}"
     torch_version = None
     if have_torch():
         import torch
