@@ -54,8 +54,9 @@ _bound: Library | None = None
 
 
 def bind() -> Library:
-    """Bind the kernels' ``bpdiag_sgemm``/``bpdiag_dgemm`` to a BLAS, once per process, and
-    return it. Raises ``ValueError`` for a bad ``BPDIAG_BLAS``."""
+    """Bind the kernels' ``bpdiag_sgemm``/``bpdiag_dgemm`` to a BLAS, and their register
+    tiles' symbols (``_core.gemm.bind_tiles``), once per process, and return the BLAS. Raises
+    ``ValueError`` for a bad ``BPDIAG_BLAS``."""
     global _bound
     with _lock:
         if _bound is None:
@@ -137,7 +138,7 @@ def warm(threads: int) -> None:
 def _bind() -> Library:
     import llvmlite.binding as llvm
 
-    from bpdiag._core.gemm import SYMBOLS
+    from bpdiag._core.gemm import SYMBOLS, bind_tiles
 
     wanted = os.environ.get("BPDIAG_BLAS", "").strip().lower() or None
     if wanted is not None and wanted not in BACKENDS:
@@ -156,6 +157,7 @@ def _bind() -> Library:
     addresses, lib = found if found is not None else _openblas()
     for name, address in addresses.items():
         llvm.add_symbol(SYMBOLS[name], address)
+    bind_tiles()  # bpdiag's own products, which the kernels call by name too
     return lib
 
 

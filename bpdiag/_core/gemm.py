@@ -15,10 +15,13 @@ Two engines, one result to rounding:
   128 × 128 to 128 × 256 × 256 in float32, 1.1–1.25× in float64 (``docs/performance.md``).
 - The BLAS: C not whole tiles, small products OpenBLAS runs without packing, or B's rows (or
   a transposed A's) far apart, as at XL; and every product on hosts without AVX2 and FMA
-  (``_tiles``). Compiled code calls
-  the Fortran-ABI symbols ``bpdiag_sgemm``/``bpdiag_dgemm`` by name, not by address, so
-  kernels in Numba's on-disk cache stay valid whichever BLAS a later process binds to those
-  names (``bpdiag.blas`` chooses and binds one before the first kernel runs).
+  (``_tiles``).
+
+Compiled code calls both by name, not by address: the Fortran-ABI ``bpdiag_sgemm``/
+``bpdiag_dgemm`` and the tiles' C-ABI ``bpdiag_tiles_f32``/``bpdiag_tiles_f64``, so kernels in
+Numba's on-disk cache stay valid whichever BLAS a later process binds to those names
+(``bpdiag.blas`` chooses and binds one, and the tiles, before the first kernel runs), and the
+tiles are compiled once per dtype instead of inlined into every kernel that multiplies.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import functools
 
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import cfunc, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -220,6 +223,74 @@ def tile_cols(C):
     return NV * VECTOR_BYTES // C.itemsize
 
 
+def _blocks_for(dtype):
+    """The tiles' blocked loop for one dtype as a C-ABI function, compiled once: C (m, n) (+ if
+    add)= op(A) op(B) over K terms, A's element (r, k) at A[r·a_rs + k·a_ks], B's rows ldb
+    apart (transposed if tb), C's ldc. The kernels call it by name (``_blocks``), so LLVM does
+    not inline the tiles into every kernel that multiplies and compile them again in each
+    (that was 40 s of compiling everything on the AVX-512 host)."""
+    ptr, i = types.CPointer(dtype), types.intp
+    itemsize = 8 if dtype == types.float64 else 4
+    nw, kc_max = NV * VECTOR_BYTES // itemsize, KC_BYTES // itemsize
+
+    @cfunc(types.void(ptr, i, i, ptr, i, i, ptr, i, i, i, i, i), cache=True)
+    def blocks(A, a_rs, a_ks, B, ldb, tb, C, ldc, m, n, K, add):
+        P = _strip(C)
+        for k0 in range(0, K, kc_max):
+            kc = min(kc_max, K - k0)
+            acc = add != 0 or k0 > 0
+            for i0 in range(0, m, MC):
+                i1 = min(m, i0 + MC)
+                for j in range(0, n, nw):
+                    a0, c0 = i0 * a_rs + k0 * a_ks, i0 * ldc + j
+                    if tb:
+                        _tile_gather(A, a0, a_rs, a_ks, B, k0 + j * ldb, ldb, C, c0, ldc, kc, acc,
+                                     P, 1)  # fmt: skip
+                    else:
+                        _tile(A, a0, a_rs, a_ks, B, k0 * ldb + j, ldb, C, c0, ldc, kc, acc, P, 1)
+                    for r in range(i0 + MR, i1, MR):
+                        _tile(A, r * a_rs + k0 * a_ks, a_rs, a_ks, P, 0, nw, C, r * ldc + j, ldc,
+                              kc, acc, P, 0)  # fmt: skip
+
+    return blocks
+
+
+BLOCKS = {"float32": "bpdiag_tiles_f32", "float64": "bpdiag_tiles_f64"}
+
+
+@functools.cache
+def bind_tiles() -> None:
+    """Compile (or load from Numba's cache) the ``_blocks_for`` functions and bind their
+    symbols (``BLOCKS``): once per process, before the first kernel runs, with the BLAS
+    (``bpdiag.blas.bind``), not at import (compiling would load SciPy's BLAS early)."""
+    for dtype, name in BLOCKS.items():
+        llvm.add_symbol(name, _blocks_for(getattr(types, dtype)).address)
+
+
+@intrinsic
+def _blocks(typingctx, A, a_rs, a_ks, B, ldb, tb, C, ldc, m, n, K, add):
+    """Call the dtype's ``_blocks_for`` function by its symbol (``BLOCKS``) on the arrays'
+    data; the integers as intp."""
+    sig = types.void(A, a_rs, a_ks, B, ldb, tb, C, ldc, m, n, K, add)
+
+    def codegen(context, builder, signature, args):
+        dt = context.get_data_type(C.dtype)
+        i = context.get_value_type(types.intp)
+        p = dt.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [p, i, i, p, i, i, p, i, i, i, i, i])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, BLOCKS[str(C.dtype)])
+        out = []
+        for value, ty in zip(args, signature.args, strict=True):
+            if isinstance(ty, types.Array):
+                out.append(context.make_array(ty)(context, builder, value).data)
+            else:
+                out.append(context.cast(builder, value, ty, types.intp))
+        builder.call(fn, out)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True)
 def tiled(A, ta, B, tb, C, add):
     """C (+ if add)= op(A) op(B) by tiles, blocked KC_BYTES / itemsize terms by MC rows by a
@@ -229,22 +300,7 @@ def tiled(A, ta, B, tb, C, add):
     m, n = C.shape
     K = A.shape[0] if ta else A.shape[1]
     a_rs, a_ks = (1, _ld(A)) if ta else (_ld(A), 1)
-    ldb, ldc, nw, kc_max = _ld(B), _ld(C), tile_cols(C), KC_BYTES // C.itemsize
-    P = _strip(C)
-    for k0 in range(0, K, kc_max):
-        kc = min(kc_max, K - k0)
-        acc = add or k0 > 0
-        for i0 in range(0, m, MC):
-            i1 = min(m, i0 + MC)
-            for j in range(0, n, nw):
-                a0, c0 = i0 * a_rs + k0 * a_ks, i0 * ldc + j
-                if tb:
-                    _tile_gather(A, a0, a_rs, a_ks, B, k0 + j * ldb, ldb, C, c0, ldc, kc, acc, P, 1)
-                else:
-                    _tile(A, a0, a_rs, a_ks, B, k0 * ldb + j, ldb, C, c0, ldc, kc, acc, P, 1)
-                for i in range(i0 + MR, i1, MR):
-                    _tile(A, i * a_rs + k0 * a_ks, a_rs, a_ks, P, 0, nw, C, i * ldc + j, ldc, kc,
-                          acc, P, 0)  # fmt: skip
+    _blocks(A, a_rs, a_ks, B, _ld(B), tb, C, _ld(C), m, n, K, add)
 
 
 @njit(cache=True, inline="always")
