@@ -74,8 +74,8 @@ def _make_tile(gather: bool):
     def tile(typingctx, A, a_off, a_rs, a_ks, B, b_off, ldb, C, c_off, ldc, K, add, P, pack):
         """C[c_off + r·ldc + j] (+ if add)= Σ_{k<K} A[a_off + r·a_rs + k·a_ks] · B_kj for
         r < MR, j < NV·VW (VW elements a vector), with B_kj = B[b_off + k·ldb + j], or
-        B[b_off + k + j·ldb] if gathering; flat element offsets into the arrays' data (B and
-        P arrays or pointers). With ``pack`` each row of the strip read is also stored at
+        B[b_off + k + j·ldb] if gathering; flat element offsets into the data of A, B, C and P
+        (each an array or a pointer). With ``pack`` each row of the strip read is also stored at
         P[k·NV·VW], so later tiles read it contiguously (P as B, ldb = NV·VW)."""
         sig = types.void(A, a_off, a_rs, a_ks, B, b_off, ldb, C, c_off, ldc, K, add, P, pack)
         return sig, functools.partial(_tile_code, gather, A, B, C, P)
