@@ -12,7 +12,7 @@ Two engines, one result to rounding:
   operands and clearing C: on the AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's
   sgemm runs 22–35, dgemm 17–19 against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm),
   13–19 against 12–15 (dgemm); on the AVX-512 EPYC host 1.1–1.5× OpenBLAS's rate from 64 ×
-  128 × 128 to 128 × 256 × 256 in float32, 1.1–1.25× in float64 (``docs/performance.md``).
+  128 × 128 to 128 × 256 × 256 in float32, 1.1–1.3× in float64 (``docs/performance.md``).
 - The BLAS: C not whole tiles, small products OpenBLAS runs without packing, or B's rows (or
   a transposed A's) far apart, as at XL; and every product on hosts without AVX2 and FMA
   (``_tiles``).
