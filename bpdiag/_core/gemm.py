@@ -61,6 +61,8 @@ MR, NV = (8, 2) if AVX512 else (4, 2)  # a tile: MR rows by NV vectors of C, MR�
 KC_BYTES, MC = 1024, 128  # a block: KC_BYTES / itemsize of the sum's terms (a packed strip
 # stays in L1) by MC rows of C
 ROW_BYTES = 1024  # see ``_tiles``
+# float32's B rows and a transposed A's on AVX-512 hosts (a gathered Wᵀ keeps ROW_BYTES)
+ROW_BYTES_F32 = 2048 if AVX512 else ROW_BYTES
 # Below these m·n·k the BLAS is faster (see ``_tiles``): for B as it is, and for B transposed.
 MIN_WORK, MIN_WORK_T = (2**20, 2**17) if AVX512 else (0, 0)
 
@@ -307,7 +309,7 @@ def tiled(A, ta, B, tb, C, add):
 def _tiles(A, ta, B, tb, C, k):
     """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: on a host where the tiles
     pay (``TILES``), C whole tiles, B's rows and a transposed A's within ``ROW_BYTES`` of each
-    other, and m·n·k at least ``MIN_WORK`` (``MIN_WORK_T`` for B transposed). A tile reads MR
+    other (``ROW_BYTES_F32`` in float32 unless B is transposed), and m·n·k at least ``MIN_WORK`` (``MIN_WORK_T`` for B transposed). A tile reads MR
     elements of each of k rows of a transposed A, and a strip's first tile ``tile_cols``
     elements of each of k rows of B (or one of each of ``tile_cols`` rows of a transposed B, k
     times); rows further apart than that land in too few of L1's sets, and the BLAS, which
@@ -315,7 +317,9 @@ def _tiles(A, ta, B, tb, C, k):
     16.1 GFLOP/s; B rows 2 KiB apart as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in
     XL's float32, 21.6 against 22.8; on the AVX-512 host an L float64 step with B's rows 2 KiB
     apart in the tiles took 1.14–1.17× the BLAS's time, though one core alone ran the product
-    1.1× faster).
+    1.1× faster, and 1.03× with the gathered Wᵀ kept at 1 KiB; in float32, rows of 2 KiB (width
+    512) took the steps of four such nets to 0.87–0.94 of the BLAS's time, while 4 KiB made XL's
+    1.07× slower and a gathered Wᵀ of 4 KiB rows 1.16–1.18×).
     OpenBLAS's SkylakeX kernels run products of up to 10⁶ multiply-adds without packing: for B
     as it is they beat the tiles up to 32 × 128 × 128 (0.35–0.99 of their rate), and for B
     transposed up to 16 × 64 × 64 (0.55–0.91)."""
@@ -324,8 +328,9 @@ def _tiles(A, ta, B, tb, C, k):
         return False
     if m * n * k < (MIN_WORK_T if tb else MIN_WORK):
         return False
-    a_near = not ta or _ld(A) * A.itemsize <= ROW_BYTES
-    b_near = _ld(B) * B.itemsize <= ROW_BYTES
+    limit = ROW_BYTES_F32 if C.itemsize == 4 else ROW_BYTES
+    a_near = not ta or _ld(A) * A.itemsize <= limit
+    b_near = _ld(B) * B.itemsize <= (ROW_BYTES if tb else limit)
     return a_near and b_near
 
 

@@ -21,6 +21,7 @@ from bpdiag._core.gemm import (
     MIN_WORK_T,
     MR,
     ROW_BYTES,
+    ROW_BYTES_F32,
     TILES,
     _tiles,
     gemm,
@@ -112,7 +113,9 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
     C = rng.normal(size=(m, n + 5)).astype(dtype)
     before = C.copy()
     takes = _tiled_block(A, ta, B, tb, C, 3, n, add, direct)
-    a_near, b_near = m * A.itemsize <= ROW_BYTES, B.shape[1] * B.itemsize <= ROW_BYTES
+    limit = ROW_BYTES_F32 if dtype == "float32" else ROW_BYTES
+    a_near = m * A.itemsize <= limit
+    b_near = B.shape[1] * B.itemsize <= (ROW_BYTES if tb else limit)
     big = m * n * k >= (MIN_WORK_T if tb else MIN_WORK)
     assert takes == (TILES and (not ta or a_near) and b_near and big)
     want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
@@ -157,10 +160,15 @@ def test_tiles_take_only_their_shapes():
     assert not tiles((MR, 0), False, (0, cols), False, (MR, cols), 0)  # no terms
     k = terms(near, cols, False)
     assert tiles((k, near), True, (k, cols), False, (near, cols), k)
-    k = terms(far, cols, False)
-    assert not tiles((k, far), True, (k, cols), False, (far, cols), k)  # Aᵀ's rows far apart
     assert not tiles((m, far), False, (cols, far), True, (m, cols), far)  # Bᵀ's far apart
-    wide = ROW_BYTES // 4 + cols
+    near32, far32 = ROW_BYTES_F32 // 4, ROW_BYTES_F32 // 4 + MR  # float32's A and B rows
+    k = terms(near32, cols, False)
+    assert tiles((k, near32), True, (k, cols), False, (near32, cols), k)
+    k = terms(far32, cols, False)
+    assert not tiles((k, far32), True, (k, cols), False, (far32, cols), k)  # Aᵀ's far apart
+    k = terms(MR, near32, False)
+    assert tiles((MR, k), False, (k, near32), False, (MR, near32), k)
+    wide = ROW_BYTES_F32 // 4 + cols
     k = terms(MR, wide, False)
     assert not tiles((MR, k), False, (k, wide), False, (MR, wide), k)  # B's rows far apart
     assert KC_BYTES % 64 == 0 and MC % MR == 0  # blocks of whole cache lines and whole tiles
