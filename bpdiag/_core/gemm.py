@@ -309,8 +309,9 @@ def tiled(A, ta, B, tb, C, add):
 def _tiles(A, ta, B, tb, C, k):
     """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: on a host where the tiles
     pay (``TILES``), C whole tiles, B's rows and a transposed A's within ``ROW_BYTES`` of each
-    other (``ROW_BYTES_F32`` in float32 unless B is transposed), and m·n·k at least ``MIN_WORK`` (``MIN_WORK_T`` for B transposed). A tile reads MR
-    elements of each of k rows of a transposed A, and a strip's first tile ``tile_cols``
+    other (``ROW_BYTES_F32`` in float32 unless B is transposed), and m·n·k at least
+    ``MIN_WORK`` (``MIN_WORK_T`` for B transposed). A tile reads MR elements of each of k rows
+    of a transposed A, and a strip's first tile ``tile_cols``
     elements of each of k rows of B (or one of each of ``tile_cols`` rows of a transposed B, k
     times); rows further apart than that land in too few of L1's sets, and the BLAS, which
     packs both operands, is faster (one AVX2 core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against
