@@ -21,9 +21,10 @@ from bpdiag import blas
 from bpdiag._core.gemm import AVX512, MR, NV, VECTOR_BYTES, _tiles, blas_gemm, tiled
 
 PRODUCTS = {"a Wᵀ": (False, True), "δ W": (False, False), "δᵀ a": (True, False)}
-# (rows, width): C (rows, width) over width terms; the rows a thread takes at XS … XL and between
+# (rows, width): C (rows, width) over width terms; the rows a thread takes at XS … XL and
+# between (32 × 512: the mid config of ``bench.py``)
 SHAPES = [(8, 32), (16, 64), (32, 64), (32, 128), (64, 128), (128, 128), (64, 256), (128, 256),
-          (256, 1024)]  # fmt: skip
+          (32, 512), (256, 1024)]  # fmt: skip
 
 
 @njit(cache=True)

@@ -311,9 +311,8 @@ def _tiles(A, ta, B, tb, C, k):
     pay (``TILES``), C whole tiles, B's rows and a transposed A's within ``ROW_BYTES`` of each
     other (``ROW_BYTES_F32`` in float32 unless B is transposed), and m·n·k at least
     ``MIN_WORK`` (``MIN_WORK_T`` for B transposed). A tile reads MR elements of each of k rows
-    of a transposed A, and a strip's first tile ``tile_cols``
-    elements of each of k rows of B (or one of each of ``tile_cols`` rows of a transposed B, k
-    times); rows further apart than that land in too few of L1's sets, and the BLAS, which
+    of a transposed A, and a strip's first tile ``tile_cols`` elements of each of k rows of B
+    (or one of each of ``tile_cols`` rows of a transposed B, k times); rows further apart than that land in too few of L1's sets, and the BLAS, which
     packs both operands, is faster (one AVX2 core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against
     16.1 GFLOP/s; B rows 2 KiB apart as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in
     XL's float32, 21.6 against 22.8; on the AVX-512 host an L float64 step with B's rows 2 KiB
