@@ -13,9 +13,9 @@ Two engines, one result to rounding:
   sgemm runs 22–35, dgemm 17–19 against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm),
   13–19 against 12–15 (dgemm); on the AVX-512 EPYC host 1.1–1.5× OpenBLAS's rate from 64 ×
   128 × 128 to 128 × 256 × 256 in float32, 1.1–1.3× in float64 (``docs/performance.md``).
-- The BLAS: C not whole tiles, small products OpenBLAS runs without packing, or B's rows (or
-  a transposed A's) far apart, as at XL; and every product on hosts without AVX2 and FMA
-  (``_tiles``).
+- The BLAS: C not whole tiles, small products OpenBLAS runs without packing, or, in float64
+  and on AVX2 hosts, B's rows (or a transposed A's) far apart; and every product on hosts
+  without AVX2 and FMA (``_tiles``).
 
 Compiled code calls both by name, not by address: the Fortran-ABI ``bpdiag_sgemm``/
 ``bpdiag_dgemm`` and the tiles' C-ABI ``bpdiag_tiles_f32``/``bpdiag_tiles_f64``, so kernels in
@@ -60,9 +60,9 @@ MR, NV = (8, 2) if AVX512 else (4, 2)  # a tile: MR rows by NV vectors of C, MR�
 # in registers (16 of AVX-512's 32, 8 of AVX2's 16)
 KC_BYTES, MC = 1024, 128  # a block: KC_BYTES / itemsize of the sum's terms (a packed strip
 # stays in L1) by MC rows of C
-ROW_BYTES = 1024  # see ``_tiles``
-# float32's B rows and a transposed A's on AVX-512 hosts (a gathered Wᵀ keeps ROW_BYTES)
-ROW_BYTES_F32 = 2048 if AVX512 else ROW_BYTES
+ROW_BYTES = 1024  # rows further apart go to the BLAS (``_tiles``), but float32's on AVX-512
+# hosts; ``tiled`` packs such a gathered Wᵀ's strips apart, along W's rows
+ANY_ROWS_F32 = AVX512  # float32 takes the tiles whatever its rows' distance
 # Below these m·n·k the BLAS is faster (see ``_tiles``): for B as it is, and for B transposed.
 MIN_WORK, MIN_WORK_T = (2**20, 2**17) if AVX512 else (0, 0)
 
@@ -156,6 +156,51 @@ def _tile_code(gather, A, B, C, P, context, builder, signature, args):
     return context.get_dummy_value()
 
 
+@intrinsic
+def _pack_t(typingctx, B, b_off, ldb, P, K):
+    """P[k·NV·VW + c] = B[b_off + c·ldb + k] for c < NV·VW (VW elements a vector), k < K
+    rounded down to VW: a strip of Wᵀ packed from W's rows, VW × VW blocks read along the
+    rows and transposed in registers (log₂ VW rounds of shuffles)."""
+    sig = types.void(B, b_off, ldb, P, K)
+
+    def codegen(context, builder, signature, args):
+        B_, b0, ldb_, P_, K_ = args
+        dt = context.get_data_type(P.dtype)
+        size = context.get_abi_sizeof(dt)
+        vw = VECTOR_BYTES // size
+        vp = ir.VectorType(dt, vw).as_pointer()
+        i64, mask = ir.IntType(64), ir.VectorType(ir.IntType(32), vw)
+        pb = builder.gep(B_, [b0])
+        nk = builder.sdiv(K_, ir.Constant(i64, vw))
+        with cgutils.for_range(builder, nk) as loop:
+            k = builder.mul(loop.index, ir.Constant(i64, vw))
+            for cb in range(NV):
+                rows = []
+                for i in range(vw):
+                    q = builder.gep(pb, [builder.add(builder.mul(ir.Constant(i64, cb * vw + i),
+                                                                 ldb_), k)])  # fmt: skip
+                    rows.append(builder.load(builder.bitcast(q, vp), align=size))
+                d = 1
+                while d < vw:
+                    lo = [j if not j & d else vw + j - d for j in range(vw)]
+                    hi = [j + d if not j & d else vw + j for j in range(vw)]
+                    for i in range(vw):
+                        if i & d:
+                            continue
+                        a, c = rows[i], rows[i + d]
+                        rows[i] = builder.shuffle_vector(a, c, ir.Constant(mask, lo))
+                        rows[i + d] = builder.shuffle_vector(a, c, ir.Constant(mask, hi))
+                    d *= 2
+                for i in range(vw):
+                    row = builder.add(k, ir.Constant(i64, i))
+                    q = builder.gep(P_, [builder.add(builder.mul(row, ir.Constant(i64, NV * vw)),
+                                                     ir.Constant(i64, cb * vw))])  # fmt: skip
+                    builder.store(rows[i], builder.bitcast(q, vp), align=size)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 _tile = _make_tile(gather=False)
 _tile_gather = _make_tile(gather=True)
 
@@ -230,27 +275,42 @@ def _blocks_for(dtype):
     add)= op(A) op(B) over K terms, A's element (r, k) at A[r·a_rs + k·a_ks], B's rows ldb
     apart (transposed if tb), C's ldc. The kernels call it by name (``_blocks``), so LLVM does
     not inline the tiles into every kernel that multiplies and compile them again in each
-    (that was 40 s of compiling everything on the AVX-512 host)."""
+    (that was 40 s of compiling everything on the AVX-512 host). A strip of a transposed B
+    whose rows are more than ``ROW_BYTES`` apart is not gathered by its first tile (each of
+    ``tile_cols`` rows read one element at a time, k times, in too few of L1's sets: 0.55 of
+    the BLAS's rate at 256 × 1024 × 1024 in float32) but packed apart along B's rows, VW × VW
+    blocks transposed in registers (``_pack_t``), once for all of C's rows."""
     ptr, i = types.CPointer(dtype), types.intp
     itemsize = 8 if dtype == types.float64 else 4
     nw, kc_max = NV * VECTOR_BYTES // itemsize, KC_BYTES // itemsize
+    vw = VECTOR_BYTES // itemsize
 
     @cfunc(types.void(ptr, i, i, ptr, i, i, ptr, i, i, i, i, i), cache=True)
     def blocks(A, a_rs, a_ks, B, ldb, tb, C, ldc, m, n, K, add):
         P = _strip(C)
+        apart = tb != 0 and ldb * itemsize > ROW_BYTES  # pack Wᵀ's strips from W's rows
+        mc = m if apart else MC  # a strip packed apart serves all of C's rows
         for k0 in range(0, K, kc_max):
             kc = min(kc_max, K - k0)
             acc = add != 0 or k0 > 0
-            for i0 in range(0, m, MC):
-                i1 = min(m, i0 + MC)
+            for i0 in range(0, m, mc):
+                i1 = min(m, i0 + mc)
                 for j in range(0, n, nw):
                     a0, c0 = i0 * a_rs + k0 * a_ks, i0 * ldc + j
-                    if tb:
+                    r0 = i0
+                    if apart:
+                        _pack_t(B, j * ldb + k0, ldb, P, kc)
+                        for c in range(nw):
+                            for k in range(kc - kc % vw, kc):
+                                P[k * nw + c] = B[(j + c) * ldb + k0 + k]
+                    elif tb:
                         _tile_gather(A, a0, a_rs, a_ks, B, k0 + j * ldb, ldb, C, c0, ldc, kc, acc,
                                      P, 1)  # fmt: skip
+                        r0 = i0 + MR
                     else:
                         _tile(A, a0, a_rs, a_ks, B, k0 * ldb + j, ldb, C, c0, ldc, kc, acc, P, 1)
-                    for r in range(i0 + MR, i1, MR):
+                        r0 = i0 + MR
+                    for r in range(r0, i1, MR):
                         _tile(A, r * a_rs + k0 * a_ks, a_rs, a_ks, P, 0, nw, C, r * ldc + j, ldc,
                               kc, acc, P, 0)  # fmt: skip
 
@@ -298,7 +358,8 @@ def tiled(A, ta, B, tb, C, add):
     """C (+ if add)= op(A) op(B) by tiles, blocked KC_BYTES / itemsize terms by MC rows by a
     strip of ``tile_cols`` columns: C (m, n) with m a multiple of MR and n of ``tile_cols``,
     k > 0 terms; rows contiguous as in ``gemm``. The first tile of each strip and block reads
-    op(B) (gathering it when B is transposed) and packs it; the others read the packed strip."""
+    op(B) (gathering it when B is transposed) and packs it; the others read the packed strip
+    (a transposed B with rows far apart: see ``_blocks_for``)."""
     m, n = C.shape
     K = A.shape[0] if ta else A.shape[1]
     a_rs, a_ks = (1, _ld(A)) if ta else (_ld(A), 1)
@@ -308,18 +369,17 @@ def tiled(A, ta, B, tb, C, add):
 @njit(cache=True, inline="always")
 def _tiles(A, ta, B, tb, C, k):
     """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: on a host where the tiles
-    pay (``TILES``), C whole tiles, B's rows and a transposed A's within ``ROW_BYTES`` of each
-    other (``ROW_BYTES_F32`` in float32 unless B is transposed), and m·n·k at least
-    ``MIN_WORK`` (``MIN_WORK_T`` for B transposed). A tile reads MR elements of each of k rows
-    of a transposed A, and a strip's first tile ``tile_cols`` elements of each of k rows of B
-    (or one of each of ``tile_cols`` rows of a transposed B, k times); rows further apart than that land in too few of L1's sets, and the BLAS, which
-    packs both operands, is faster (one AVX2 core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against
-    16.1 GFLOP/s; B rows 2 KiB apart as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in
-    XL's float32, 21.6 against 22.8; on the AVX-512 host an L float64 step with B's rows 2 KiB
-    apart in the tiles took 1.14–1.17× the BLAS's time, though one core alone ran the product
-    1.1× faster, and 1.03× with the gathered Wᵀ kept at 1 KiB; in float32, rows of 2 KiB (width
-    512) took the steps of four such nets to 0.87–0.94 of the BLAS's time, while 4 KiB made XL's
-    1.07× slower and a gathered Wᵀ of 4 KiB rows 1.16–1.18×).
+    pay (``TILES``), C whole tiles, m·n·k at least ``MIN_WORK`` (``MIN_WORK_T`` for B
+    transposed), and in float64 (and on AVX2 hosts) B's rows and a transposed A's within
+    ``ROW_BYTES`` of each other. A tile reads MR elements of each of k rows of a transposed A,
+    and a strip's first tile ``tile_cols`` elements of each of k rows of B; rows further apart
+    than that land in too few of L1's sets, and the BLAS, which packs both operands, is faster
+    (one AVX2 core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB apart
+    as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in XL's float32, 21.6 against 22.8;
+    on the AVX-512 host an L float64 step with B's rows 2 KiB apart in the tiles took
+    1.03–1.17× the BLAS's time). Float32 on AVX-512 hosts (``ANY_ROWS_F32``) takes the tiles at
+    any distance, a gathered Wᵀ's strips packed apart from W's rows (``_blocks_for``): the
+    steps of nets of width 512–2048 took 0.84–0.93 of the BLAS's time (``docs/performance.md``).
     OpenBLAS's SkylakeX kernels run products of up to 10⁶ multiply-adds without packing: for B
     as it is they beat the tiles up to 32 × 128 × 128 (0.35–0.99 of their rate), and for B
     transposed up to 16 × 64 × 64 (0.55–0.91)."""
@@ -328,10 +388,10 @@ def _tiles(A, ta, B, tb, C, k):
         return False
     if m * n * k < (MIN_WORK_T if tb else MIN_WORK):
         return False
-    limit = ROW_BYTES_F32 if C.itemsize == 4 else ROW_BYTES
-    a_near = not ta or _ld(A) * A.itemsize <= limit
-    b_near = _ld(B) * B.itemsize <= (ROW_BYTES if tb else limit)
-    return a_near and b_near
+    if ANY_ROWS_F32 and C.itemsize == 4:
+        return True
+    a_near = not ta or _ld(A) * A.itemsize <= ROW_BYTES
+    return a_near and _ld(B) * B.itemsize <= ROW_BYTES
 
 
 @njit(cache=True, inline="always")

@@ -15,13 +15,13 @@ from numba import njit
 
 from bpdiag import blas
 from bpdiag._core.gemm import (
+    ANY_ROWS_F32,
     KC_BYTES,
     MC,
     MIN_WORK,
     MIN_WORK_T,
     MR,
     ROW_BYTES,
-    ROW_BYTES_F32,
     TILES,
     _tiles,
     gemm,
@@ -113,11 +113,9 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
     C = rng.normal(size=(m, n + 5)).astype(dtype)
     before = C.copy()
     takes = _tiled_block(A, ta, B, tb, C, 3, n, add, direct)
-    limit = ROW_BYTES_F32 if dtype == "float32" else ROW_BYTES
-    a_near = m * A.itemsize <= limit
-    b_near = B.shape[1] * B.itemsize <= (ROW_BYTES if tb else limit)
+    near = (not ta or m * A.itemsize <= ROW_BYTES) and B.shape[1] * B.itemsize <= ROW_BYTES
     big = m * n * k >= (MIN_WORK_T if tb else MIN_WORK)
-    assert takes == (TILES and (not ta or a_near) and b_near and big)
+    assert takes == (TILES and (near or (ANY_ROWS_F32 and dtype == "float32")) and big)
     want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
     if add:
         want += before[:, 3 : 3 + n]
@@ -125,6 +123,27 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
     np.testing.assert_allclose(C[:, 3 : 3 + n], want, rtol=tol, atol=tol * np.sqrt(k + 1))
     assert np.array_equal(C[:, :3], before[:, :3])
     assert np.array_equal(C[:, 3 + n :], before[:, 3 + n :])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiles_pack_far_wt_strips_apart(dtype):
+    """A gathered Wᵀ whose rows are further than ``ROW_BYTES`` apart is packed a strip at a
+    time from W's rows (blocks transposed in registers, the terms past the last whole vector
+    one by one), once for all of C's rows: numpy's product for C taller than a block of rows,
+    sums over several blocks of terms with a ragged last one, and W a block of a wider
+    array's columns."""
+    rng = np.random.default_rng(3)
+    itemsize = np.dtype(dtype).itemsize
+    k = 2 * KC_BYTES // itemsize + 7  # two blocks of terms and 7 more: not whole vectors
+    assert k * itemsize > ROW_BYTES
+    m, n = MC + 2 * MR, 3 * int(tile_cols(np.empty((1, 1), dtype)))
+    A = rng.normal(size=(m, k)).astype(dtype)
+    W = rng.normal(size=(n, k + 9)).astype(dtype)[:, 4 : 4 + k]
+    C = np.empty((m, n), dtype)
+    _tiled_block(A, False, W, True, C, 0, n, False, True)
+    want = A.astype(np.float64) @ W.T.astype(np.float64)
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(C, want, rtol=tol, atol=tol * np.sqrt(k))
 
 
 @pytest.mark.skipif(not TILES, reason="the tiles need AVX2 and FMA")
@@ -138,8 +157,8 @@ def test_tiles_take_only_their_shapes():
     def terms(m, n, tb):  # enough terms for the product to be past the small sizes
         return max(5, -(-(MIN_WORK_T if tb else MIN_WORK) // (m * n)))
 
-    def tiles(a_shape, ta, b_shape, tb, c_shape, k):
-        A, B, C = np.empty(a_shape, f32), np.empty(b_shape, f32), np.empty(c_shape, f32)
+    def tiles(a_shape, ta, b_shape, tb, c_shape, k, dtype=f32):
+        A, B, C = np.empty(a_shape, dtype), np.empty(b_shape, dtype), np.empty(c_shape, dtype)
         return _tiles(A, ta, B, tb, C, k)
 
     k = terms(MR, cols, False)
@@ -160,17 +179,24 @@ def test_tiles_take_only_their_shapes():
     assert not tiles((MR, 0), False, (0, cols), False, (MR, cols), 0)  # no terms
     k = terms(near, cols, False)
     assert tiles((k, near), True, (k, cols), False, (near, cols), k)
-    assert not tiles((m, far), False, (cols, far), True, (m, cols), far)  # Bᵀ's far apart
-    near32, far32 = ROW_BYTES_F32 // 4, ROW_BYTES_F32 // 4 + MR  # float32's A and B rows
-    k = terms(near32, cols, False)
-    assert tiles((k, near32), True, (k, cols), False, (near32, cols), k)
-    k = terms(far32, cols, False)
-    assert not tiles((k, far32), True, (k, cols), False, (far32, cols), k)  # Aᵀ's far apart
-    k = terms(MR, near32, False)
-    assert tiles((MR, k), False, (k, near32), False, (MR, near32), k)
-    wide = ROW_BYTES_F32 // 4 + cols
-    k = terms(MR, wide, False)
-    assert not tiles((MR, k), False, (k, wide), False, (MR, wide), k)  # B's rows far apart
+    # rows further apart than ROW_BYTES: float64 goes to the BLAS, float32 too but where
+    # ANY_ROWS_F32 (AVX-512 hosts), which takes them whatever the distance
+    f64, cols64 = np.float64, int(tile_cols(np.empty((1, 1), np.float64)))
+    near64, far64 = ROW_BYTES // 8, ROW_BYTES // 8 + MR
+    for dtype, c, fa in ((f64, cols64, far64), (f32, cols, far)):
+        far_ok = ANY_ROWS_F32 and dtype is f32
+        mm = MR * max(1, -(-MIN_WORK_T // (MR * c * fa)))
+        assert tiles((mm, fa), False, (c, fa), True, (mm, c), fa, dtype) == far_ok  # Bᵀ's
+        k = terms(fa, c, False)
+        assert tiles((k, fa), True, (k, c), False, (fa, c), k, dtype) == far_ok  # Aᵀ's
+        wide = ROW_BYTES // np.dtype(dtype).itemsize + c  # whole strips, rows far apart
+        k = terms(MR, wide, False)
+        assert tiles((MR, k), False, (k, wide), False, (MR, wide), k, dtype) == far_ok  # B's
+    k = terms(near64, cols64, False)
+    assert tiles((k, near64), True, (k, cols64), False, (near64, cols64), k, f64)
+    far32 = 4096 + cols  # float32 rows 16 KiB apart
+    k = terms(MR, far32, False)
+    assert tiles((MR, k), False, (k, far32), False, (MR, far32), k) == ANY_ROWS_F32
     assert KC_BYTES % 64 == 0 and MC % MR == 0  # blocks of whole cache lines and whole tiles
 
 
