@@ -279,7 +279,7 @@ def _blocks_for(dtype):
     whose rows are more than ``ROW_BYTES`` apart is not gathered by its first tile (each of
     ``tile_cols`` rows read one element at a time, k times, in too few of L1's sets: 0.55 of
     the BLAS's rate at 256 × 1024 × 1024 in float32) but packed apart along B's rows, VW × VW
-    blocks transposed in registers (``_pack_t``), once for all of C's rows."""
+    blocks transposed in registers (``_pack_t``), once for 4·MC rows of C."""
     ptr, i = types.CPointer(dtype), types.intp
     itemsize = 8 if dtype == types.float64 else 4
     nw, kc_max = NV * VECTOR_BYTES // itemsize, KC_BYTES // itemsize
@@ -289,7 +289,8 @@ def _blocks_for(dtype):
     def blocks(A, a_rs, a_ks, B, ldb, tb, C, ldc, m, n, K, add):
         P = _strip(C)
         apart = tb != 0 and ldb * itemsize > ROW_BYTES  # pack Wᵀ's strips from W's rows
-        mc = m if apart else MC  # a strip packed apart serves all of C's rows
+        mc = 4 * MC if apart else MC  # a strip packed apart serves 4·MC rows of C (A's 4·MC
+        # rows of a block of terms: 512 KiB, in L2)
         for k0 in range(0, K, kc_max):
             kc = min(kc_max, K - k0)
             acc = add != 0 or k0 > 0

@@ -129,14 +129,14 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
 def test_tiles_pack_far_wt_strips_apart(dtype):
     """A gathered Wᵀ whose rows are further than ``ROW_BYTES`` apart is packed a strip at a
     time from W's rows (blocks transposed in registers, the terms past the last whole vector
-    one by one), once for all of C's rows: numpy's product for C taller than a block of rows,
+    one by one), once for 4·MC rows of C: numpy's product for C taller than that,
     sums over several blocks of terms with a ragged last one, and W a block of a wider
     array's columns."""
     rng = np.random.default_rng(3)
     itemsize = np.dtype(dtype).itemsize
     k = 2 * KC_BYTES // itemsize + 7  # two blocks of terms and 7 more: not whole vectors
     assert k * itemsize > ROW_BYTES
-    m, n = MC + 2 * MR, 3 * int(tile_cols(np.empty((1, 1), dtype)))
+    m, n = 4 * MC + 2 * MR, 3 * int(tile_cols(np.empty((1, 1), dtype)))
     A = rng.normal(size=(m, k)).astype(dtype)
     W = rng.normal(size=(n, k + 9)).astype(dtype)[:, 4 : 4 + k]
     C = np.empty((m, n), dtype)
