@@ -282,8 +282,8 @@ def _blocks_for(dtype):
     blocks transposed in registers (``_pack_t``), once for 4·MC rows of C."""
     ptr, i = types.CPointer(dtype), types.intp
     itemsize = 8 if dtype == types.float64 else 4
-    nw, kc_max = NV * VECTOR_BYTES // itemsize, KC_BYTES // itemsize
-    vw = VECTOR_BYTES // itemsize
+    vw, kc_max = VECTOR_BYTES // itemsize, KC_BYTES // itemsize
+    nw = NV * vw
 
     @cfunc(types.void(ptr, i, i, ptr, i, i, ptr, i, i, i, i, i), cache=True)
     def blocks(A, a_rs, a_ks, B, ldb, tb, C, ldc, m, n, K, add):
