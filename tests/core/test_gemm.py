@@ -21,6 +21,7 @@ from bpdiag._core.gemm import (
     MIN_WORK,
     MIN_WORK_T,
     MR,
+    READ_AHEAD_BYTES,
     ROW_BYTES,
     TILES,
     _tiles,
@@ -144,6 +145,32 @@ def test_tiles_pack_far_wt_strips_apart(dtype):
     want = A.astype(np.float64) @ W.T.astype(np.float64)
     tol = 1e-13 if dtype == "float64" else 1e-5
     np.testing.assert_allclose(C, want, rtol=tol, atol=tol * np.sqrt(k))
+
+
+@pytest.mark.parametrize(("dtype", "tiny"), [("float32", False), ("float64", False),
+                                             ("float64", True)])  # fmt: skip
+def test_tiles_read_large_b_blocks_ahead(dtype, tiny):
+    """A block of B (as it is) larger than ``READ_AHEAD_BYTES`` is read through before its
+    strips: numpy's product over two blocks of terms and a ragged third, B a block of a wider
+    array's columns; and with ``tiny`` B is zero but for one element of 1e-30, so that the read's
+    sum is 1e-30 and it writes the strip's first element, which the packing then overwrites."""
+    rng = np.random.default_rng(5)
+    itemsize = np.dtype(dtype).itemsize
+    kc = KC_BYTES // itemsize
+    tc = int(tile_cols(np.empty((1, 1), dtype)))
+    k, n = 2 * kc + 5, tc * (READ_AHEAD_BYTES // (KC_BYTES * tc) + 1)
+    assert kc * n * itemsize > READ_AHEAD_BYTES
+    m = 2 * MR
+    A = rng.normal(size=(m, k)).astype(dtype)
+    B = rng.normal(size=(k, n + 6)).astype(dtype)[:, 2 : 2 + n]
+    if tiny:
+        B[...] = 0.0
+        B[0, 0] = 1e-30
+    C = np.empty((m, n), dtype)
+    _tiled_block(A, False, B, False, C, 0, n, False, True)
+    want = A.astype(np.float64) @ B.astype(np.float64)
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(C, want, rtol=tol, atol=1e-300 if tiny else tol * np.sqrt(k))
 
 
 @pytest.mark.skipif(not TILES, reason="the tiles need AVX2 and FMA")
