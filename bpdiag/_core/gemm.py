@@ -13,9 +13,9 @@ Two engines, one result to rounding:
   sgemm runs 22–35, dgemm 17–19 against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm),
   13–19 against 12–15 (dgemm); on the AVX-512 EPYC host 1.1–1.5× OpenBLAS's rate from 64 ×
   128 × 128 to 128 × 256 × 256 in float32, 1.1–1.3× in float64 (``docs/performance.md``).
-- The BLAS: C not whole tiles, small products OpenBLAS runs without packing, or, in float64
-  and on AVX2 hosts, B's rows (or a transposed A's) far apart; and every product on hosts
-  without AVX2 and FMA (``_tiles``).
+- The BLAS: C not whole tiles, small products OpenBLAS runs without packing, or B's rows (or
+  a transposed A's) far apart (more than 1 KiB on AVX2 hosts; on AVX-512 hosts 4 KiB in
+  float64, never in float32); and every product on hosts without AVX2 and FMA (``_tiles``).
 
 Compiled code calls both by name, not by address: the Fortran-ABI ``bpdiag_sgemm``/
 ``bpdiag_dgemm`` and the tiles' C-ABI ``bpdiag_tiles_f32``/``bpdiag_tiles_f64``, so kernels in
@@ -60,9 +60,10 @@ MR, NV = (8, 2) if AVX512 else (4, 2)  # a tile: MR rows by NV vectors of C, MR�
 # in registers (16 of AVX-512's 32, 8 of AVX2's 16)
 KC_BYTES, MC = 1024, 128  # a block: KC_BYTES / itemsize of the sum's terms (a packed strip
 # stays in L1) by MC rows of C
-ROW_BYTES = 1024  # rows further apart go to the BLAS (``_tiles``), but float32's on AVX-512
-# hosts; ``tiled`` packs such a gathered Wᵀ's strips apart, along W's rows
-ANY_ROWS_F32 = AVX512  # float32 takes the tiles whatever its rows' distance
+ROW_BYTES = 1024  # rows further apart go to the BLAS (``_tiles``), but on AVX-512 hosts;
+# ``tiled`` packs such a gathered Wᵀ's strips apart, along W's rows
+ANY_ROWS_F32 = AVX512  # float32 takes the tiles whatever its rows' distance, and
+ROW_BYTES_F64 = 4096 if AVX512 else ROW_BYTES  # float64 up to 4 KiB (width 512)
 READ_AHEAD_BYTES = 2**17  # a block of B (as it is) larger than this is read through in order
 # before its strips' tiles (``_read_ahead``): L's 256 KiB blocks (steps 0.90–0.94 of the time
 # without), not M's 64 KiB (1.04: they come from L3, not memory)
@@ -394,16 +395,18 @@ def tiled(A, ta, B, tb, C, add):
 def _tiles(A, ta, B, tb, C, k):
     """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: on a host where the tiles
     pay (``TILES``), C whole tiles, m·n·k at least ``MIN_WORK`` (``MIN_WORK_T`` for B
-    transposed), and in float64 (and on AVX2 hosts) B's rows and a transposed A's within
-    ``ROW_BYTES`` of each other. A tile reads MR elements of each of k rows of a transposed A,
+    transposed), and B's rows and a transposed A's within ``ROW_BYTES`` of each other (float64
+    on AVX-512 hosts ``ROW_BYTES_F64``; float32 there at any distance). A tile reads MR elements of each of k rows of a transposed A,
     and a strip's first tile ``tile_cols`` elements of each of k rows of B; rows further apart
     than that land in too few of L1's sets, and the BLAS, which packs both operands, is faster
     (one AVX2 core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB apart
     as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in XL's float32, 21.6 against 22.8;
     on the AVX-512 host an L float64 step with B's rows 2 KiB apart in the tiles took
-    1.03–1.17× the BLAS's time). Float32 on AVX-512 hosts (``ANY_ROWS_F32``) takes the tiles at
-    any distance, a gathered Wᵀ's strips packed apart from W's rows (``_blocks_for``): the
-    steps of nets of width 512–2048 took 0.84–0.93 of the BLAS's time (``docs/performance.md``).
+    1.03–1.17× the BLAS's time). On AVX-512 hosts a gathered Wᵀ's strips are packed apart from
+    W's rows and a large block of B is read through first (``_blocks_for``): float32 takes the
+    tiles at any distance (``ANY_ROWS_F32``; the steps of nets of width 512–2048 took 0.84–0.93
+    of the BLAS's time), float64 up to 4 KiB (``ROW_BYTES_F64``; L and mid 0.89–0.94, XL's 8 KiB
+    level) (``docs/performance.md``).
     OpenBLAS's SkylakeX kernels run products of up to 10⁶ multiply-adds without packing: for B
     as it is they beat the tiles up to 32 × 128 × 128 (0.35–0.99 of their rate), and for B
     transposed up to 16 × 64 × 64 (0.55–0.91)."""
@@ -414,8 +417,9 @@ def _tiles(A, ta, B, tb, C, k):
         return False
     if ANY_ROWS_F32 and C.itemsize == 4:
         return True
-    a_near = not ta or _ld(A) * A.itemsize <= ROW_BYTES
-    return a_near and _ld(B) * B.itemsize <= ROW_BYTES
+    near = ROW_BYTES_F64 if C.itemsize == 8 else ROW_BYTES
+    a_near = not ta or _ld(A) * A.itemsize <= near
+    return a_near and _ld(B) * B.itemsize <= near
 
 
 @njit(cache=True, inline="always")

@@ -23,6 +23,7 @@ from bpdiag._core.gemm import (
     MR,
     READ_AHEAD_BYTES,
     ROW_BYTES,
+    ROW_BYTES_F64,
     TILES,
     _tiles,
     gemm,
@@ -114,7 +115,8 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
     C = rng.normal(size=(m, n + 5)).astype(dtype)
     before = C.copy()
     takes = _tiled_block(A, ta, B, tb, C, 3, n, add, direct)
-    near = (not ta or m * A.itemsize <= ROW_BYTES) and B.shape[1] * B.itemsize <= ROW_BYTES
+    limit = ROW_BYTES_F64 if dtype == "float64" else ROW_BYTES
+    near = (not ta or m * A.itemsize <= limit) and B.shape[1] * B.itemsize <= limit
     big = m * n * k >= (MIN_WORK_T if tb else MIN_WORK)
     assert takes == (TILES and (near or (ANY_ROWS_F32 and dtype == "float32")) and big)
     want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
@@ -206,19 +208,25 @@ def test_tiles_take_only_their_shapes():
     assert not tiles((MR, 0), False, (0, cols), False, (MR, cols), 0)  # no terms
     k = terms(near, cols, False)
     assert tiles((k, near), True, (k, cols), False, (near, cols), k)
-    # rows further apart than ROW_BYTES: float64 goes to the BLAS, float32 too but where
-    # ANY_ROWS_F32 (AVX-512 hosts), which takes them whatever the distance
+    # rows further apart than ROW_BYTES (float64's ROW_BYTES_F64): float64 goes to the BLAS,
+    # float32 too but where ANY_ROWS_F32 (AVX-512 hosts), which takes them at any distance
     f64, cols64 = np.float64, int(tile_cols(np.empty((1, 1), np.float64)))
-    near64, far64 = ROW_BYTES // 8, ROW_BYTES // 8 + MR
+    near64, far64 = ROW_BYTES // 8, ROW_BYTES_F64 // 8 + MR
     for dtype, c, fa in ((f64, cols64, far64), (f32, cols, far)):
         far_ok = ANY_ROWS_F32 and dtype is f32
         mm = MR * max(1, -(-MIN_WORK_T // (MR * c * fa)))
         assert tiles((mm, fa), False, (c, fa), True, (mm, c), fa, dtype) == far_ok  # Bᵀ's
         k = terms(fa, c, False)
         assert tiles((k, fa), True, (k, c), False, (fa, c), k, dtype) == far_ok  # Aᵀ's
-        wide = ROW_BYTES // np.dtype(dtype).itemsize + c  # whole strips, rows far apart
+        wide = fa - MR + c  # whole strips, rows far apart
         k = terms(MR, wide, False)
         assert tiles((MR, k), False, (k, wide), False, (MR, wide), k, dtype) == far_ok  # B's
+    # float64 rows within ROW_BYTES_F64 (past ROW_BYTES on AVX-512 hosts): the tiles
+    mid64 = ROW_BYTES_F64 // 8
+    mm = MR * max(1, -(-MIN_WORK_T // (MR * cols64 * mid64)))
+    assert tiles((mm, mid64), False, (cols64, mid64), True, (mm, cols64), mid64, f64)
+    k = terms(mid64, cols64, False)
+    assert tiles((k, mid64), True, (k, cols64), False, (mid64, cols64), k, f64)
     k = terms(near64, cols64, False)
     assert tiles((k, near64), True, (k, cols64), False, (near64, cols64), k, f64)
     far32 = 4096 + cols  # float32 rows 16 KiB apart
