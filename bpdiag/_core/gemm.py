@@ -65,8 +65,8 @@ ROW_BYTES = 1024  # rows further apart go to the BLAS (``_tiles``), but on AVX-5
 ANY_ROWS_F32 = AVX512  # float32 takes the tiles whatever its rows' distance, and
 ROW_BYTES_F64 = 4096 if AVX512 else ROW_BYTES  # float64 up to 4 KiB (width 512)
 READ_AHEAD_BYTES = 2**17  # a block of B (as it is) larger than this is read through in order
-# before its strips' tiles (``_read_ahead``): L's 256 KiB blocks (steps 0.90–0.94 of the time
-# without), not M's 64 KiB (1.04: they come from L3, not memory)
+# before its strips' tiles (``_read_ahead``): L's 256 KiB blocks (steps 0.90–0.97 of the time
+# without on the Zen 4 host), not M's 64 KiB (1.04: they come from L3, not memory)
 # Below these m·n·k the BLAS is faster (see ``_tiles``): for B as it is, and for B transposed.
 MIN_WORK, MIN_WORK_T = (2**20, 2**17) if AVX512 else (0, 0)
 
@@ -396,12 +396,13 @@ def _tiles(A, ta, B, tb, C, k):
     """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: on a host where the tiles
     pay (``TILES``), C whole tiles, m·n·k at least ``MIN_WORK`` (``MIN_WORK_T`` for B
     transposed), and B's rows and a transposed A's within ``ROW_BYTES`` of each other (float64
-    on AVX-512 hosts ``ROW_BYTES_F64``; float32 there at any distance). A tile reads MR elements of each of k rows of a transposed A,
-    and a strip's first tile ``tile_cols`` elements of each of k rows of B; rows further apart
-    than that land in too few of L1's sets, and the BLAS, which packs both operands, is faster
-    (one AVX2 core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB apart
-    as in L's δ_l W_l in float64, 10.7 against 11.6; 4 KiB in XL's float32, 21.6 against 22.8;
-    on the AVX-512 host an L float64 step with B's rows 2 KiB apart in the tiles took
+    on AVX-512 hosts ``ROW_BYTES_F64``; float32 there at any distance). A tile reads MR
+    elements of each of k rows of a transposed A, and a strip's first tile ``tile_cols``
+    elements of each of k rows of B; rows further apart than that land in too few of L1's
+    sets, and the BLAS, which packs both operands, is faster (one AVX2 core: Aᵀ 256 rows of 2
+    KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB apart as in L's δ_l W_l in float64,
+    10.7 against 11.6; 4 KiB in XL's float32, 21.6 against 22.8; on the AVX-512 host, before B
+    was read through first, an L float64 step with B's rows 2 KiB apart in the tiles took
     1.03–1.17× the BLAS's time). On AVX-512 hosts a gathered Wᵀ's strips are packed apart from
     W's rows and a large block of B is read through first (``_blocks_for``): float32 takes the
     tiles at any distance (``ANY_ROWS_F32``; the steps of nets of width 512–2048 took 0.84–0.93
