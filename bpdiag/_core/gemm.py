@@ -209,9 +209,10 @@ def _pack_t(typingctx, B, b_off, ldb, P, K):
 def _read_ahead(B, off, ldb, rows, cols, line, P):
     """Read B[off + r·ldb, + cols) for r < rows once, a load every ``line`` elements, in address
     order, where the hardware prefetchers follow: in a step, B (W_l, or a layer's activations)
-    comes from L3 or memory, and the strips' packing tiles, which read it 2 lines a row and a
-    row every 16 FMAs, wait on it. P[0] is written only if the sum of the loads is 1e-30, so
-    that LLVM keeps them; the packing then overwrites P before anything reads it."""
+    comes from L3 or memory, and the strips' packing tiles, which read a row of it every MR·NV
+    FMAs (AVX-512's: 2 lines every 16), wait on it (measured on AVX-512 hosts only). P[0] is
+    written only if the sum of the loads is 1e-30, so that LLVM keeps them; the packing then
+    overwrites P before anything reads it."""
     s = 0.0
     for r in range(rows):
         row = off + r * ldb
@@ -403,11 +404,11 @@ def _tiles(A, ta, B, tb, C, k):
     KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB apart as in L's δ_l W_l in float64,
     10.7 against 11.6; 4 KiB in XL's float32, 21.6 against 22.8; on the AVX-512 host, before B
     was read through first, an L float64 step with B's rows 2 KiB apart in the tiles took
-    1.03–1.17× the BLAS's time). On AVX-512 hosts a gathered Wᵀ's strips are packed apart from
-    W's rows and a large block of B is read through first (``_blocks_for``): float32 takes the
-    tiles at any distance (``ANY_ROWS_F32``; the steps of nets of width 512–2048 took 0.84–0.93
-    of the BLAS's time), float64 up to 4 KiB (``ROW_BYTES_F64``; L and mid 0.89–0.94, XL's 8 KiB
-    level) (``docs/performance.md``).
+    1.03–1.17× the BLAS's time). Since a gathered Wᵀ's strips are packed apart from W's rows
+    and a large block of B is read through first (``_blocks_for``), on AVX-512 hosts float32
+    takes the tiles at any distance (``ANY_ROWS_F32``; the steps of nets of width 512–2048 took
+    0.84–0.93 of the BLAS's time), float64 up to 4 KiB (``ROW_BYTES_F64``; L and mid 0.89–0.94,
+    XL's 8 KiB level) (``docs/performance.md``).
     OpenBLAS's SkylakeX kernels run products of up to 10⁶ multiply-adds without packing: for B
     as it is they beat the tiles up to 32 × 128 × 128 (0.35–0.99 of their rate), and for B
     transposed up to 16 × 64 × 64 (0.55–0.91)."""
