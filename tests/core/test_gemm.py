@@ -16,6 +16,7 @@ from numba import njit
 from bpdiag import blas
 from bpdiag._core.gemm import (
     ANY_ROWS_F32,
+    C_AHEAD,
     KC_BYTES,
     MC,
     MIN_WORK,
@@ -126,6 +127,26 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
     np.testing.assert_allclose(C[:, 3 : 3 + n], want, rtol=tol, atol=tol * np.sqrt(k + 1))
     assert np.array_equal(C[:, :3], before[:, :3])
     assert np.array_equal(C[:, 3 + n :], before[:, 3 + n :])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("extra", [-C_AHEAD + 1, -1, 0, 1, C_AHEAD + 3])
+def test_tiles_adding_into_c_take_every_term(dtype, tb, extra):
+    """A tile that adds into C runs its sum in two loops, C's lines prefetched between them
+    ``C_AHEAD`` terms before the end: sums shorter than that, at the split and past it, within
+    a block of terms and over two, B as it is or gathered, each term counted once."""
+    rng = np.random.default_rng(7)
+    kc = KC_BYTES // np.dtype(dtype).itemsize
+    n = int(tile_cols(np.empty((1, 1), dtype)))
+    for k in (C_AHEAD + extra, kc + C_AHEAD + extra):
+        A = rng.normal(size=(MR, k)).astype(dtype)
+        B = rng.normal(size=(n, k) if tb else (k, n)).astype(dtype)
+        C = rng.normal(size=(MR, n)).astype(dtype)
+        want = C.astype(np.float64) + A.astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+        tiled(A, False, B, tb, C, True)
+        tol = 1e-13 if dtype == "float64" else 1e-5
+        np.testing.assert_allclose(C, want, rtol=tol, atol=tol * np.sqrt(k + 1))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
