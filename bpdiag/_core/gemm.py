@@ -64,9 +64,9 @@ ROW_BYTES = 1024  # rows further apart go to the BLAS (``_tiles``), but on AVX-5
 # ``tiled`` packs such a gathered Wᵀ's strips apart, along W's rows
 ANY_ROWS_F32 = AVX512  # float32 takes the tiles whatever its rows' distance, and
 ROW_BYTES_F64 = 4096 if AVX512 else ROW_BYTES  # float64 up to 4 KiB (width 512)
-C_AHEAD = 32  # a tile that adds into C prefetches C's lines this many terms before its end
-# (XL float32 steps 0.95–0.98 of the time without on the Zen 4 host, wide 0.97: C comes back
-# from L3)
+C_AHEAD = 32  # a tile that adds into C prefetches C's lines this many terms before its end:
+# C comes back from L3 (XL float32 steps 0.95–0.98 of the time without in six A/Bs of seven,
+# wide 0.97, on the Zen 4 host; AVX2 hosts unmeasured)
 READ_AHEAD_BYTES = 2**17  # a block of B (as it is) larger than this is read through in order
 # before its strips' tiles (``_read_ahead``): L's 256 KiB blocks (steps 0.90–0.97 of the time
 # without on the Zen 4 host), not M's 64 KiB (1.04: they come from L3, not memory)
@@ -95,8 +95,9 @@ def _make_tile(gather: bool):
 def _tile_code(gather, A, B, C, P, context, builder, signature, args):
     """LLVM IR of a tile: MR·NV vector accumulators, an FMA of a broadcast element of A and a
     vector of B's strip each, added to (or stored in) C at the end. A tile that adds prefetches
-    its C lines ``C_AHEAD`` terms before the end: a block of terms revisits C after the whole of
-    it (a megabyte a thread at XL), which by then is in L3, and the adds waited on it."""
+    its C lines ``C_AHEAD`` terms before the end: a block of terms comes back to a tile of C
+    only after all of C (a megabyte a thread at XL), whose lines are by then in L3, and the
+    adds waited on them."""
     A_, a0, a_rs_, a_ks_, B_, b0, ldb_, C_, c0, ldc_, K_, add_, P_, pack_ = args
     dt = context.get_data_type(C.dtype)
     size = context.get_abi_sizeof(dt)
