@@ -66,7 +66,7 @@ ANY_ROWS_F32 = AVX512  # float32 takes the tiles whatever its rows' distance, an
 ROW_BYTES_F64 = 4096 if AVX512 else ROW_BYTES  # float64 up to 4 KiB (width 512)
 C_AHEAD = 32  # a tile that adds into C prefetches C's lines this many terms before its end:
 # C comes back from L3 (XL float32 steps 0.95–0.98 of the time without in six A/Bs of seven,
-# wide 0.97, on the Zen 4 host; AVX2 hosts unmeasured)
+# wide 0.97–1.00, on the Zen 4 host; AVX2 hosts unmeasured)
 READ_AHEAD_BYTES = 2**17  # a block of B (as it is) larger than this is read through in order
 # before its strips' tiles (``_read_ahead``): L's 256 KiB blocks (steps 0.90–0.97 of the time
 # without on the Zen 4 host), not M's 64 KiB (1.04: they come from L3, not memory)
