@@ -41,7 +41,7 @@ def _blas_loop(A, ta, B, tb, C, reps):
 
 @njit(cache=True)
 def _takes(A, ta, B, tb, C):
-    return _tiles(A, ta, B, tb, C, A.shape[0] if ta else A.shape[1])
+    return _tiles(A, ta, B, tb, C, A.shape[0] if ta else A.shape[1])[0] > 0  # a corner
 
 
 def rates(m: int, n: int, ta: bool, tb: bool, dtype: str, rounds: int) -> tuple[float, float]:

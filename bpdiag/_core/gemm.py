@@ -3,7 +3,7 @@
 
 Two engines, one result to rounding:
 
-- ``tiled``, C (+)= op(A) op(B) where C is whole tiles (the forward pass's a_{l−1} W_lᵀ,
+- ``tiled``, C (+)= op(A) op(B) on C's whole tiles (the forward pass's a_{l−1} W_lᵀ,
   the backward pass's δ_l W_l and δ_lᵀ a_{l−1}): register tiles of ``MR`` rows by ``NV``
   vectors of C (AVX2's or AVX-512's), one multiply-add of a broadcast element of A and a
   vector of op(B) at a time, each strip of op(B) copied into a contiguous block on the stack
@@ -13,9 +13,10 @@ Two engines, one result to rounding:
   sgemm runs 22–35, dgemm 17–19 against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm),
   13–19 against 12–15 (dgemm); on the AVX-512 EPYC host 1.1–1.5× OpenBLAS's rate from 64 ×
   128 × 128 to 128 × 256 × 256 in float32, 1.1–1.3× in float64 (``docs/performance.md``).
-- The BLAS: C not whole tiles, small products OpenBLAS runs without packing, or B's rows (or
-  a transposed A's) far apart (more than 1 KiB on AVX2 hosts; on AVX-512 hosts 4 KiB in
-  float64, never in float32); and every product on hosts without AVX2 and FMA (``_tiles``).
+- The BLAS: the rows and columns of C past its whole tiles (a batch of 100 rows, a width of
+  200), small products OpenBLAS runs without packing, or B's rows (or a transposed A's) far
+  apart (more than 1 KiB on AVX2 hosts; on AVX-512 hosts 4 KiB in float64, never in
+  float32); and every product on hosts without AVX2 and FMA (``_tiles``).
 
 Compiled code calls both by name, not by address: the Fortran-ABI ``bpdiag_sgemm``/
 ``bpdiag_dgemm`` and the tiles' C-ABI ``bpdiag_tiles_f32``/``bpdiag_tiles_f64``, so kernels in
@@ -276,10 +277,11 @@ def _strip(typingctx, C):
 
 
 @intrinsic
-def _fortran_gemm(typingctx, transa, transb, m, n, k, A, lda, B, ldb, beta, C, ldc):
-    """Column-major C (m × n) = op(A) op(B) + beta C by the bound Fortran ?gemm (alpha 1);
-    transa/transb are ord('N') or ord('T'). The scalars go by pointer, on the stack."""
-    sig = types.void(transa, transb, m, n, k, A, lda, B, ldb, beta, C, ldc)
+def _fortran_gemm(typingctx, transa, transb, m, n, k, A, a0, lda, B, b0, ldb, beta, C, c0, ldc):
+    """Column-major C (m × n) = op(A) op(B) + beta C by the bound Fortran ?gemm (alpha 1),
+    each matrix from element a0, b0, c0 of its array's data; transa/transb are ord('N') or
+    ord('T'). The scalars go by pointer, on the stack."""
+    sig = types.void(transa, transb, m, n, k, A, a0, lda, B, b0, ldb, beta, C, c0, ldc)
 
     def codegen(context, builder, signature, args):
         i8p = ir.IntType(8).as_pointer()
@@ -293,15 +295,17 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, A, lda, B, ldb, beta, C, l
         def int_ref(value, width=32):
             return by_ref(builder.trunc(value, ir.IntType(width)))
 
-        def data(value, aty):
-            return builder.bitcast(context.make_array(aty)(context, builder, value).data, i8p)
+        def data(value, aty, offset, oty):
+            start = context.make_array(aty)(context, builder, value).data
+            at = context.cast(builder, offset, oty, types.intp)
+            return builder.bitcast(builder.gep(start, [at]), i8p)
 
-        ta, tb, m_, n_, k_, a, lda_, b, ldb_, beta_, c, ldc_ = args
+        ta, tb, m_, n_, k_, a, a0_, lda_, b, b0_, ldb_, beta_, c, c0_, ldc_ = args
         one = by_ref(context.get_constant(C.dtype, 1.0))
         beta_c = by_ref(context.cast(builder, beta_, beta, C.dtype))
         builder.call(fn, [int_ref(ta, 8), int_ref(tb, 8), int_ref(m_), int_ref(n_), int_ref(k_),
-                          one, data(a, A), int_ref(lda_), data(b, B), int_ref(ldb_), beta_c,
-                          data(c, C), int_ref(ldc_)])  # fmt: skip
+                          one, data(a, A, a0_, a0), int_ref(lda_), data(b, B, b0_, b0),
+                          int_ref(ldb_), beta_c, data(c, C, c0_, c0), int_ref(ldc_)])  # fmt: skip
         return context.get_dummy_value()
 
     return sig, codegen
@@ -414,6 +418,12 @@ def tiled(A, ta, B, tb, C, add):
     op(B) (gathering it when B is transposed) and packs it; the others read the packed strip
     (a transposed B with rows far apart: see ``_blocks_for``)."""
     m, n = C.shape
+    _tiled_corner(A, ta, B, tb, C, m, n, add)
+
+
+@njit(cache=True, inline="always")
+def _tiled_corner(A, ta, B, tb, C, m, n, add):
+    """``tiled`` on C's first m rows and n columns (m a multiple of MR, n of ``tile_cols``)."""
     K = A.shape[0] if ta else A.shape[1]
     a_rs, a_ks = (1, _ld(A)) if ta else (_ld(A), 1)
     _blocks(A, a_rs, a_ks, B, _ld(B), tb, C, _ld(C), m, n, K, add)
@@ -421,9 +431,10 @@ def tiled(A, ta, B, tb, C, add):
 
 @njit(cache=True, inline="always")
 def _tiles(A, ta, B, tb, C, k):
-    """Whether ``tiled`` takes C (m, n) = op(A) op(B) over k terms: on a host where the tiles
-    pay (``TILES``), C whole tiles, m·n·k at least ``MIN_WORK`` (``MIN_WORK_T`` for B
-    transposed), and B's rows and a transposed A's within ``ROW_BYTES`` of each other (float64
+    """The corner (m0, n0) of C (m, n) = op(A) op(B) over k terms that ``tiled`` takes, (0, 0)
+    where it takes none: C's whole tiles (m0 = m − m mod MR rows, n0 = n − n mod ``tile_cols``
+    columns; ``gemm`` leaves the rest to the BLAS), on a host where the tiles pay (``TILES``),
+    m0·n0·k at least ``MIN_WORK`` (``MIN_WORK_T`` for B transposed), and B's rows and a transposed A's within ``ROW_BYTES`` of each other (float64
     on AVX-512 hosts ``ROW_BYTES_F64``; float32 there at any distance). A tile reads MR
     elements of each of k rows of a transposed A, and a strip's first tile ``tile_cols``
     elements of each of k rows of B; rows further apart than that land in too few of L1's
@@ -440,15 +451,15 @@ def _tiles(A, ta, B, tb, C, k):
     as it is they beat the tiles up to 32 × 128 × 128 (0.35–0.99 of their rate), and for B
     transposed up to 16 × 64 × 64 (0.55–0.91)."""
     m, n = C.shape
-    if not TILES or k == 0 or m == 0 or m % MR != 0 or n == 0 or n % tile_cols(C) != 0:
-        return False
-    if m * n * k < (MIN_WORK_T if tb else MIN_WORK):
-        return False
+    m0, n0 = m - m % MR, n - n % tile_cols(C)
+    if not TILES or k == 0 or m0 == 0 or n0 == 0 or m0 * n0 * k < (MIN_WORK_T if tb else MIN_WORK):
+        return 0, 0
     if ANY_ROWS_F32 and C.itemsize == 4:
-        return True
+        return m0, n0
     near = ROW_BYTES_F64 if C.itemsize == 8 else ROW_BYTES
-    a_near = not ta or _ld(A) * A.itemsize <= near
-    return a_near and _ld(B) * B.itemsize <= near
+    if (ta and _ld(A) * A.itemsize > near) or _ld(B) * B.itemsize > near:
+        return 0, 0
+    return m0, n0
 
 
 @njit(cache=True, inline="always")
@@ -456,19 +467,44 @@ def blas_gemm(A, ta, B, tb, C, beta):
     """C = op(A) op(B) + beta C in the bound BLAS, as ``gemm``: row-major C is column-major
     Cᵀ = op(B)ᵀ op(A)ᵀ, which is the call."""
     m, n = C.shape
+    _blas_block(A, ta, B, tb, C, beta, 0, m, 0, n)
+
+
+@njit(cache=True, inline="always")
+def _blas_block(A, ta, B, tb, C, beta, r0, r1, c0, c1):
+    """C[r0:r1, c0:c1] = op(A)[r0:r1] op(B)[:, c0:c1] + beta C[r0:r1, c0:c1] in the BLAS
+    (``blas_gemm``'s call on the blocks' first elements)."""
     k = A.shape[0] if ta else A.shape[1]
-    _fortran_gemm(_T if tb else _N, _T if ta else _N, n, m, k, B, _ld(B), A, _ld(A), beta, C,
-                  _ld(C))  # fmt: skip
+    lda, ldb, ldc = _ld(A), _ld(B), _ld(C)
+    _fortran_gemm(_T if tb else _N, _T if ta else _N, c1 - c0, r1 - r0, k,
+                  B, c0 * ldb if tb else c0, ldb, A, r0 if ta else r0 * lda, lda,
+                  beta, C, r0 * ldc + c0, ldc)  # fmt: skip
+
+
+@njit(cache=True)
+def _tiled_product(A, ta, B, tb, C, m0, n0, add):
+    """C (+ if add)= op(A) op(B) with ``tiled`` on C's first m0 rows and n0 columns (whole
+    tiles: ``_tiles``) and the BLAS on the rest, the columns past n0 and the rows past m0. Not
+    inlined: compiled once per type of its arguments, not again in every kernel that
+    multiplies (inlined, compiling everything into an empty cache took 205–213 s, not 131–136
+    s), and called only where the tiles take a corner, never for the smallest products."""
+    m, n = C.shape
+    beta = 1.0 if add else 0.0
+    _tiled_corner(A, ta, B, tb, C, m0, n0, add)
+    if n0 < n:
+        _blas_block(A, ta, B, tb, C, beta, 0, m0, n0, n)
+    if m0 < m:
+        _blas_block(A, ta, B, tb, C, beta, m0, m, 0, n)
 
 
 @njit(cache=True, inline="always")
 def gemm(A, ta, B, tb, C):
     """C = op(A) op(B) with op(X) = Xᵀ where the flag is True; A, B, C 2-D of one float dtype,
     each row contiguous (C-contiguous, or a block of columns of such an array), C (m, n):
-    ``tiled`` where it takes the shape, else the BLAS."""
-    k = A.shape[0] if ta else A.shape[1]
-    if _tiles(A, ta, B, tb, C, k):
-        tiled(A, ta, B, tb, C, False)
+    ``tiled`` on the whole tiles of C where it takes them (``_tiles``), the BLAS on the rest."""
+    m0, n0 = _tiles(A, ta, B, tb, C, A.shape[0] if ta else A.shape[1])
+    if m0 > 0:
+        _tiled_product(A, ta, B, tb, C, m0, n0, False)
     else:
         blas_gemm(A, ta, B, tb, C, 0.0)
 
@@ -476,9 +512,9 @@ def gemm(A, ta, B, tb, C):
 @njit(cache=True, inline="always")
 def gemm_add(A, ta, B, tb, C):
     """C += op(A) op(B), as ``gemm``."""
-    k = A.shape[0] if ta else A.shape[1]
-    if _tiles(A, ta, B, tb, C, k):
-        tiled(A, ta, B, tb, C, True)
+    m0, n0 = _tiles(A, ta, B, tb, C, A.shape[0] if ta else A.shape[1])
+    if m0 > 0:
+        _tiled_product(A, ta, B, tb, C, m0, n0, True)
     else:
         blas_gemm(A, ta, B, tb, C, 1.0)
 

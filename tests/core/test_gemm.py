@@ -87,7 +87,7 @@ def test_gemm_takes_column_blocks(m, k, n, ta, tb, pad, dtype):
 @njit(cache=True)
 def _tiled_block(A, ta, B, tb, C, c0, n, add, direct):
     """op(A) op(B) into (or, with ``add``, onto) C's columns c0 … c0 + n − 1, by the tiles
-    (``direct``) or by ``gemm``/``gemm_add``; and whether ``gemm`` takes the tiles."""
+    (``direct``) or by ``gemm``/``gemm_add``; and the corner of them ``gemm`` gives the tiles."""
     D = C[:, c0 : c0 + n]
     k = A.shape[0] if ta else A.shape[1]
     if direct:
@@ -119,7 +119,8 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
     limit = ROW_BYTES_F64 if dtype == "float64" else ROW_BYTES
     near = (not ta or m * A.itemsize <= limit) and B.shape[1] * B.itemsize <= limit
     big = m * n * k >= (MIN_WORK_T if tb else MIN_WORK)
-    assert takes == (TILES and (near or (ANY_ROWS_F32 and dtype == "float32")) and big)
+    tiles = TILES and (near or (ANY_ROWS_F32 and dtype == "float32")) and big
+    assert takes == ((m, n) if tiles else (0, 0))
     want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
     if add:
         want += before[:, 3 : 3 + n]
@@ -198,9 +199,9 @@ def test_tiles_read_large_b_blocks_ahead(dtype, tiny):
 
 @pytest.mark.skipif(not TILES, reason="the tiles need AVX2 and FMA")
 def test_tiles_take_only_their_shapes():
-    """The tiles take C = op(A) op(B) of whole tiles; a ragged C, no terms, a product below
-    the BLAS's small-matrix sizes, or B's rows (or a transposed A's) far apart go to the
-    BLAS."""
+    """The tiles take C = op(A) op(B)'s whole tiles, the corner of m − m mod MR rows by n − n
+    mod ``tile_cols`` columns (``gemm`` gives the rest to the BLAS); no terms, a corner below
+    the BLAS's small-matrix sizes, or B's rows (or a transposed A's) far apart give them none."""
     f32 = np.float32
     cols = int(tile_cols(np.empty((1, 1), f32)))
 
@@ -208,8 +209,13 @@ def test_tiles_take_only_their_shapes():
         return max(5, -(-(MIN_WORK_T if tb else MIN_WORK) // (m * n)))
 
     def tiles(a_shape, ta, b_shape, tb, c_shape, k, dtype=f32):
+        """Whether the tiles take C's whole tiles; (0, 0) where they take none."""
         A, B, C = np.empty(a_shape, dtype), np.empty(b_shape, dtype), np.empty(c_shape, dtype)
-        return _tiles(A, ta, B, tb, C, k)
+        corner = _tiles(A, ta, B, tb, C, k)
+        m, n = c_shape
+        whole = (m - m % MR, n - n % int(tile_cols(C)))
+        assert corner in ((0, 0), whole)
+        return corner == whole
 
     k = terms(MR, cols, False)
     assert tiles((MR, k), False, (k, cols), False, (MR, cols), k)
@@ -221,11 +227,15 @@ def test_tiles_take_only_their_shapes():
     assert tiles((m, near), False, (cols, near), True, (m, cols), near)  # B transposed
     if MIN_WORK_T > 1:
         assert not tiles((MR, 5), False, (cols, 5), True, (MR, cols), 5)  # small: the BLAS
-    k = terms(MR + 2, cols, False)
-    ragged = (MR + 2, cols)
-    assert not tiles((MR + 2, k), False, (k, cols), False, ragged, k)  # rows not whole tiles
-    k = terms(MR, cols + 1, False)
-    assert not tiles((MR, k), False, (k, cols + 1), False, (MR, cols + 1), k)  # a ragged strip
+    k = terms(MR, cols, False)
+    assert tiles((MR + 2, k), False, (k, cols), False, (MR + 2, cols), k)  # 2 rows past a tile
+    assert tiles((MR, k), False, (k, cols + 1), False, (MR, cols + 1), k)  # a column past
+    assert tiles((2 * MR - 1, k), False, (k, 2 * cols - 1), False, (2 * MR - 1, 2 * cols - 1), k)
+    assert not tiles((MR - 1, k), False, (k, cols), False, (MR - 1, cols), k)  # no whole tile
+    assert not tiles((MR, k), False, (k, cols - 1), False, (MR, cols - 1), k)
+    if MIN_WORK > 1:  # the corner, not C, must be past the small sizes
+        s = terms(MR, cols, False) - 1
+        assert not tiles((2 * MR - 1, s), False, (s, cols), False, (2 * MR - 1, cols), s)
     assert not tiles((MR, 0), False, (0, cols), False, (MR, cols), 0)  # no terms
     k = terms(near, cols, False)
     assert tiles((k, near), True, (k, cols), False, (near, cols), k)
@@ -254,6 +264,38 @@ def test_tiles_take_only_their_shapes():
     k = terms(MR, far32, False)
     assert tiles((MR, k), False, (k, far32), False, (MR, far32), k) == ANY_ROWS_F32
     assert KC_BYTES % 64 == 0 and MC % MR == 0  # blocks of whole cache lines and whole tiles
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 3), extra_rows=st.integers(0, MR - 1), cols=st.integers(1, 2),
+       extra_cols=st.integers(0, 31), ta=st.booleans(), tb=st.booleans(), add=st.booleans(),
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 99))  # fmt: skip
+def test_gemm_tiles_the_corner_and_blas_the_edges(rows, extra_rows, cols, extra_cols, ta, tb,
+                                                 add, dtype, seed):  # fmt: skip
+    """C with rows past its last whole tile and columns past its last whole strip (a batch
+    of 100 rows, a width of 200): ``gemm`` and ``gemm_add`` give the tiles the corner of whole
+    tiles and the BLAS the rest, numpy's product (added with ``add``) in every element, the
+    columns beside C untouched."""
+    rng = np.random.default_rng(seed)
+    tc = int(tile_cols(np.empty((1, 1), dtype)))
+    m, n = MR * rows + extra_rows, tc * cols + extra_cols % tc
+    k = max(5, -(-max(MIN_WORK, MIN_WORK_T) // ((m - m % MR) * (n - n % tc))))  # past the small
+    A = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
+    B = rng.normal(size=(n, k) if tb else (k, n)).astype(dtype)
+    C = rng.normal(size=(m, n + 5)).astype(dtype)
+    before = C.copy()
+    corner = _tiled_block(A, ta, B, tb, C, 3, n, add, False)
+    assert corner in ((0, 0), (m - m % MR, n - n % tc))
+    near = ROW_BYTES_F64 if dtype == "float64" else ROW_BYTES
+    far = (ta and m * A.itemsize > near) or (k if tb else n) * B.itemsize > near
+    assert (corner != (0, 0)) == (TILES and (not far or (ANY_ROWS_F32 and dtype == "float32")))
+    want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+    if add:
+        want += before[:, 3 : 3 + n]
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(C[:, 3 : 3 + n], want, rtol=tol, atol=tol * np.sqrt(k + 1))
+    assert np.array_equal(C[:, :3], before[:, :3])
+    assert np.array_equal(C[:, 3 + n :], before[:, 3 + n :])
 
 
 SCRIPT = textwrap.dedent("""
