@@ -3,20 +3,21 @@
 
 Two engines, one result to rounding:
 
-- ``tiled``, C (+)= op(A) op(B) on C's whole tiles (the forward pass's a_{l−1} W_lᵀ,
-  the backward pass's δ_l W_l and δ_lᵀ a_{l−1}): register tiles of ``MR`` rows by ``NV``
-  vectors of C (AVX2's or AVX-512's), one multiply-add of a broadcast element of A and a
-  vector of op(B) at a time, each strip of op(B) copied into a contiguous block on the stack
-  while its first tile reads it (gathering Wᵀ's columns one element at a time). At the step's
+- ``tiled``, C (+)= op(A) op(B) on C's whole strips of columns (the forward pass's a_{l−1}
+  W_lᵀ, the backward pass's δ_l W_l and δ_lᵀ a_{l−1}): register tiles of ``MR`` rows (a
+  strip's last tile may have fewer) by ``NV`` vectors of C (AVX2's or AVX-512's), one
+  multiply-add of a broadcast element of A and a vector of op(B) at a time, each strip of
+  op(B) copied into a contiguous block on the stack while its first tile reads it (gathering
+  Wᵀ's columns one element at a time). At the step's
   shapes (C up to a few hundred rows) it skips what a BLAS call spends on packing both
   operands and clearing C: on the AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's
   sgemm runs 22–35, dgemm 17–19 against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm),
   13–19 against 12–15 (dgemm); on the AVX-512 EPYC host 1.1–1.5× OpenBLAS's rate from 64 ×
   128 × 128 to 128 × 256 × 256 in float32, 1.1–1.3× in float64 (``docs/performance.md``).
-- The BLAS: the rows and columns of C past its whole tiles (a batch of 100 rows, a width of
-  200), small products OpenBLAS runs without packing, or B's rows (or a transposed A's) far
-  apart (more than 1 KiB on AVX2 hosts; on AVX-512 hosts 4 KiB in float64, never in
-  float32); and every product on hosts without AVX2 and FMA (``_tiles``).
+- The BLAS: the columns of C past its last whole strip (a width of 200), small products
+  OpenBLAS runs without packing, or B's rows (or a transposed A's) far apart (more than 1 KiB
+  on AVX2 hosts; on AVX-512 hosts 4 KiB in float64, never in float32); and every product on
+  hosts without AVX2 and FMA (``_tiles``).
 
 Compiled code calls both by name, not by address: the Fortran-ABI ``bpdiag_sgemm``/
 ``bpdiag_dgemm`` and the tiles' C-ABI ``bpdiag_tiles_f32``/``bpdiag_tiles_f64``, so kernels in
@@ -80,14 +81,22 @@ def _make_tile(gather: bool):
     ``gather``, ``_tile_gather``: B's columns contiguous (B = Wᵀ read from W), each element
     of the strip loaded alone, so it only pays in the tile that packs the strip."""
 
-    @intrinsic
-    def tile(typingctx, A, a_off, a_rs, a_ks, B, b_off, ldb, C, c_off, ldc, K, add, P, pack):
+    @intrinsic(prefer_literal=True)
+    def tile(typingctx, A, a_off, a_rs, a_ks, B, b_off, ldb, C, c_off, ldc, K, add, P, pack,
+             rows):  # fmt: skip
         """C[c_off + r·ldc + j] (+ if add)= Σ_{k<K} A[a_off + r·a_rs + k·a_ks] · B_kj for
-        r < MR, j < NV·VW (VW elements a vector), with B_kj = B[b_off + k·ldb + j], or
+        r < rows ≤ MR, j < NV·VW (VW elements a vector), with B_kj = B[b_off + k·ldb + j], or
         B[b_off + k + j·ldb] if gathering; flat element offsets into the data of A, B, C and P
         (each an array or a pointer). With ``pack`` each row of the strip read is also stored at
-        P[k·NV·VW], so later tiles read it contiguously (P as B, ldb = NV·VW)."""
-        sig = types.void(A, a_off, a_rs, a_ks, B, b_off, ldb, C, c_off, ldc, K, add, P, pack)
+        P[k·NV·VW], so later tiles read it contiguously (P as B, ldb = NV·VW). ``rows`` is the
+        constant MR for a whole tile; a tile of fewer rows (a strip's last) computes its last
+        row in the MR − rows others too and stores none of them (a code of its own: the whole
+        tile's row offsets stay constant multiples of a_rs, which x86 addresses take as they
+        are, where a row count known only at run time cost L and M steps 4 %)."""
+        whole = isinstance(rows, types.IntegerLiteral) and rows.literal_value == MR
+        args = [types.unliteral(a) for a in (A, a_off, a_rs, a_ks, B, b_off, ldb, C, c_off, ldc,
+                                             K, add, P, pack)]  # fmt: skip
+        sig = types.void(*args, rows if whole else types.unliteral(rows))
         return sig, functools.partial(_tile_code, gather, A, B, C, P)
 
     return tile
@@ -99,7 +108,7 @@ def _tile_code(gather, A, B, C, P, context, builder, signature, args):
     its C lines ``C_AHEAD`` terms before the end: a block of terms comes back to a tile of C
     only after all of C (a megabyte a thread at XL), whose lines are by then in L3, and the
     adds waited on them."""
-    A_, a0, a_rs_, a_ks_, B_, b0, ldb_, C_, c0, ldc_, K_, add_, P_, pack_ = args
+    A_, a0, a_rs_, a_ks_, B_, b0, ldb_, C_, c0, ldc_, K_, add_, P_, pack_, rows_ = args
     dt = context.get_data_type(C.dtype)
     size = context.get_abi_sizeof(dt)
     vw = VECTOR_BYTES // size
@@ -133,6 +142,14 @@ def _tile_code(gather, A, B, C, P, context, builder, signature, args):
             builder.store(ir.Constant(vt, [0.0] * vw), slot)
     undef = ir.Constant(vt, ir.Undefined)
     splat = ir.Constant(ir.VectorType(i32, vw), [0] * vw)
+    if isinstance(signature.args[-1], types.IntegerLiteral):  # a whole tile
+        live = [None] * MR
+        a_row = [builder.mul(const(r), a_rs_) for r in range(MR)]
+    else:  # rows past C's last read its last row of A, and are not stored
+        rows = context.cast(builder, rows_, signature.args[-1], types.int64)
+        live = [builder.icmp_signed("<", const(r), rows) for r in range(MR)]
+        last = builder.sub(rows, const(1))
+        a_row = [builder.mul(builder.select(live[r], const(r), last), a_rs_) for r in range(MR)]
 
     def term(k):
         """Σ_k's term k: the strip's row k (loaded, or gathered; stored in P if packing) times
@@ -157,7 +174,7 @@ def _tile_code(gather, A, B, C, P, context, builder, signature, args):
                               align=size)  # fmt: skip
         a_col = builder.gep(pa, [builder.mul(k, a_ks_)])
         for r in range(MR):
-            s = builder.load(builder.gep(a_col, [builder.mul(const(r), a_rs_)]))
+            s = builder.load(builder.gep(a_col, [a_row[r]]))
             s = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
                                        undef, splat)  # fmt: skip
             for v in range(NV):
@@ -169,7 +186,7 @@ def _tile_code(gather, A, B, C, P, context, builder, signature, args):
     with cgutils.for_range_slice(builder, zero, k1, const(1)) as (k, _):
         term(k)
     with builder.if_then(nonzero(add_)):  # read, to the cache nearest the core
-        for r in range(MR):
+        for r in range(MR):  # (a prefetch past C's rows is a hint, and never faults)
             c_row = builder.gep(pc, [builder.mul(const(r), ldc_)])
             for v in range(NV):
                 line = builder.bitcast(builder.gep(c_row, [const(v * vw)]), i8p)
@@ -178,13 +195,15 @@ def _tile_code(gather, A, B, C, P, context, builder, signature, args):
     with cgutils.for_range_slice(builder, k1, K_, const(1)) as (k, _):
         term(k)
     for r in range(MR):
-        c_row = builder.gep(pc, [builder.mul(const(r), ldc_)])
-        for v in range(NV):
-            ptr = builder.bitcast(builder.gep(c_row, [const(v * vw)]), vp)
-            with builder.if_then(nonzero(add_)):
-                builder.store(builder.fadd(builder.load(ptr, align=size), builder.load(acc[r][v])),
-                              acc[r][v])  # fmt: skip
-            builder.store(builder.load(acc[r][v]), ptr, align=size)
+        whole = live[r] is None
+        with builder.if_then(cgutils.true_bit if whole else live[r], likely=True):
+            c_row = builder.gep(pc, [builder.mul(const(r), ldc_)])
+            for v in range(NV):
+                ptr = builder.bitcast(builder.gep(c_row, [const(v * vw)]), vp)
+                with builder.if_then(nonzero(add_)):
+                    builder.store(builder.fadd(builder.load(ptr, align=size),
+                                               builder.load(acc[r][v])), acc[r][v])  # fmt: skip
+                builder.store(builder.load(acc[r][v]), ptr, align=size)
     return context.get_dummy_value()
 
 
@@ -360,16 +379,29 @@ def _blocks_for(dtype):
                         for c in range(nw):
                             for k in range(kc - kc % vw, kc):
                                 P[k * nw + c] = B[(j + c) * ldb + k0 + k]
+                    elif tb and i1 - i0 >= MR:
+                        _tile_gather(A, a0, a_rs, a_ks, B, k0 + j * ldb, ldb, C, c0, ldc, kc, acc,
+                                     P, 1, MR)  # fmt: skip
+                        r0 = i0 + MR
                     elif tb:
                         _tile_gather(A, a0, a_rs, a_ks, B, k0 + j * ldb, ldb, C, c0, ldc, kc, acc,
-                                     P, 1)  # fmt: skip
+                                     P, 1, i1 - i0)  # fmt: skip
+                        r0 = i1
+                    elif i1 - i0 >= MR:
+                        _tile(A, a0, a_rs, a_ks, B, k0 * ldb + j, ldb, C, c0, ldc, kc, acc, P, 1,
+                              MR)  # fmt: skip
                         r0 = i0 + MR
                     else:
-                        _tile(A, a0, a_rs, a_ks, B, k0 * ldb + j, ldb, C, c0, ldc, kc, acc, P, 1)
-                        r0 = i0 + MR
-                    for r in range(r0, i1, MR):
+                        _tile(A, a0, a_rs, a_ks, B, k0 * ldb + j, ldb, C, c0, ldc, kc, acc, P, 1,
+                              i1 - i0)  # fmt: skip
+                        r0 = i1
+                    whole = i1 - (i1 - r0) % MR
+                    for r in range(r0, whole, MR):
                         _tile(A, r * a_rs + k0 * a_ks, a_rs, a_ks, P, 0, nw, C, r * ldc + j, ldc,
-                              kc, acc, P, 0)  # fmt: skip
+                              kc, acc, P, 0, MR)  # fmt: skip
+                    if whole < i1:  # a strip's last tile, of fewer rows
+                        _tile(A, whole * a_rs + k0 * a_ks, a_rs, a_ks, P, 0, nw, C,
+                              whole * ldc + j, ldc, kc, acc, P, 0, i1 - whole)  # fmt: skip
 
     return blocks
 
@@ -413,29 +445,30 @@ def _blocks(typingctx, A, a_rs, a_ks, B, ldb, tb, C, ldc, m, n, K, add):
 @njit(cache=True)
 def tiled(A, ta, B, tb, C, add):
     """C (+ if add)= op(A) op(B) by tiles, blocked KC_BYTES / itemsize terms by MC rows by a
-    strip of ``tile_cols`` columns: C (m, n) with m a multiple of MR and n of ``tile_cols``,
-    k > 0 terms; rows contiguous as in ``gemm``. The first tile of each strip and block reads
+    strip of ``tile_cols`` columns: C (m, n) with n a multiple of ``tile_cols`` (the last tile
+    of a strip may have fewer than MR rows), k > 0 terms; rows contiguous as in ``gemm``. The first tile of each strip and block reads
     op(B) (gathering it when B is transposed) and packs it; the others read the packed strip
     (a transposed B with rows far apart: see ``_blocks_for``)."""
-    m, n = C.shape
-    _tiled_corner(A, ta, B, tb, C, m, n, add)
+    _tiled_columns(A, ta, B, tb, C, C.shape[1], add)
 
 
 @njit(cache=True, inline="always")
-def _tiled_corner(A, ta, B, tb, C, m, n, add):
-    """``tiled`` on C's first m rows and n columns (m a multiple of MR, n of ``tile_cols``)."""
+def _tiled_columns(A, ta, B, tb, C, n, add):
+    """``tiled`` on C's first n columns (a multiple of ``tile_cols``)."""
     K = A.shape[0] if ta else A.shape[1]
     a_rs, a_ks = (1, _ld(A)) if ta else (_ld(A), 1)
-    _blocks(A, a_rs, a_ks, B, _ld(B), tb, C, _ld(C), m, n, K, add)
+    _blocks(A, a_rs, a_ks, B, _ld(B), tb, C, _ld(C), C.shape[0], n, K, add)
 
 
 @njit(cache=True, inline="always")
 def _tiles(A, ta, B, tb, C, k):
-    """The corner (m0, n0) of C (m, n) = op(A) op(B) over k terms that ``tiled`` takes, (0, 0)
-    where it takes none: C's whole tiles (m0 = m − m mod MR rows, n0 = n − n mod ``tile_cols``
-    columns; ``gemm`` leaves the rest to the BLAS), on a host where the tiles pay (``TILES``),
-    m0·n0·k at least ``MIN_WORK`` (``MIN_WORK_T`` for B transposed), and B's rows and a transposed A's within ``ROW_BYTES`` of each other (float64
-    on AVX-512 hosts ``ROW_BYTES_F64``; float32 there at any distance). A tile reads MR
+    """The columns (m, n0) of C (m, n) = op(A) op(B) over k terms that ``tiled`` takes, (0, 0)
+    where it takes none: its whole strips (n0 = n − n mod ``tile_cols`` columns; ``gemm``
+    leaves the rest to the BLAS) and all its m ≥ MR rows (the last tile of a strip may have
+    fewer), on a host where the tiles pay (``TILES``), m·n0·k at least ``MIN_WORK``
+    (``MIN_WORK_T`` for B transposed), and B's rows and a transposed A's within
+    ``ROW_BYTES`` of each other (float64 on AVX-512 hosts ``ROW_BYTES_F64``; float32 there at
+    any distance). A tile reads MR
     elements of each of k rows of a transposed A, and a strip's first tile ``tile_cols``
     elements of each of k rows of B; rows further apart than that land in too few of L1's
     sets, and the BLAS, which packs both operands, is faster (one AVX2 core: Aᵀ 256 rows of 2
@@ -451,15 +484,15 @@ def _tiles(A, ta, B, tb, C, k):
     as it is they beat the tiles up to 32 × 128 × 128 (0.35–0.99 of their rate), and for B
     transposed up to 16 × 64 × 64 (0.55–0.91)."""
     m, n = C.shape
-    m0, n0 = m - m % MR, n - n % tile_cols(C)
-    if not TILES or k == 0 or m0 == 0 or n0 == 0 or m0 * n0 * k < (MIN_WORK_T if tb else MIN_WORK):
+    n0 = n - n % tile_cols(C)
+    if not TILES or k == 0 or m < MR or n0 == 0 or m * n0 * k < (MIN_WORK_T if tb else MIN_WORK):
         return 0, 0
     if ANY_ROWS_F32 and C.itemsize == 4:
-        return m0, n0
+        return m, n0
     near = ROW_BYTES_F64 if C.itemsize == 8 else ROW_BYTES
     if (ta and _ld(A) * A.itemsize > near) or _ld(B) * B.itemsize > near:
         return 0, 0
-    return m0, n0
+    return m, n0
 
 
 @njit(cache=True, inline="always")
@@ -482,29 +515,27 @@ def _blas_block(A, ta, B, tb, C, beta, r0, r1, c0, c1):
 
 
 @njit(cache=True)
-def _tiled_product(A, ta, B, tb, C, m0, n0, add):
-    """C (+ if add)= op(A) op(B) with ``tiled`` on C's first m0 rows and n0 columns (whole
-    tiles: ``_tiles``) and the BLAS on the rest, the columns past n0 and the rows past m0. Not
-    inlined: compiled once per type of its arguments, not again in every kernel that
-    multiplies (inlined, compiling everything into an empty cache took 205–213 s, not 131–136
-    s), and called only where the tiles take a corner, never for the smallest products."""
+def _tiled_product(A, ta, B, tb, C, n0, add):
+    """C (+ if add)= op(A) op(B) with ``tiled`` on C's first n0 columns (whole strips:
+    ``_tiles``) and the BLAS on the columns past them. Not inlined: compiled once per type of
+    its arguments, not again in every kernel that multiplies (inlined, compiling everything
+    into an empty cache took 205–213 s, not 131–136 s), and called only where the tiles take
+    a part of C, never for the smallest products."""
     m, n = C.shape
-    beta = 1.0 if add else 0.0
-    _tiled_corner(A, ta, B, tb, C, m0, n0, add)
+    _tiled_columns(A, ta, B, tb, C, n0, add)
     if n0 < n:
-        _blas_block(A, ta, B, tb, C, beta, 0, m0, n0, n)
-    if m0 < m:
-        _blas_block(A, ta, B, tb, C, beta, m0, m, 0, n)
+        _blas_block(A, ta, B, tb, C, 1.0 if add else 0.0, 0, m, n0, n)
 
 
 @njit(cache=True, inline="always")
 def gemm(A, ta, B, tb, C):
     """C = op(A) op(B) with op(X) = Xᵀ where the flag is True; A, B, C 2-D of one float dtype,
     each row contiguous (C-contiguous, or a block of columns of such an array), C (m, n):
-    ``tiled`` on the whole tiles of C where it takes them (``_tiles``), the BLAS on the rest."""
-    m0, n0 = _tiles(A, ta, B, tb, C, A.shape[0] if ta else A.shape[1])
-    if m0 > 0:
-        _tiled_product(A, ta, B, tb, C, m0, n0, False)
+    ``tiled`` on C's whole strips of columns where it takes them (``_tiles``), the BLAS on the
+    rest."""
+    m, n0 = _tiles(A, ta, B, tb, C, A.shape[0] if ta else A.shape[1])
+    if m > 0:
+        _tiled_product(A, ta, B, tb, C, n0, False)
     else:
         blas_gemm(A, ta, B, tb, C, 0.0)
 
@@ -512,9 +543,9 @@ def gemm(A, ta, B, tb, C):
 @njit(cache=True, inline="always")
 def gemm_add(A, ta, B, tb, C):
     """C += op(A) op(B), as ``gemm``."""
-    m0, n0 = _tiles(A, ta, B, tb, C, A.shape[0] if ta else A.shape[1])
-    if m0 > 0:
-        _tiled_product(A, ta, B, tb, C, m0, n0, True)
+    m, n0 = _tiles(A, ta, B, tb, C, A.shape[0] if ta else A.shape[1])
+    if m > 0:
+        _tiled_product(A, ta, B, tb, C, n0, True)
     else:
         blas_gemm(A, ta, B, tb, C, 1.0)
 

@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
@@ -199,9 +199,10 @@ def test_tiles_read_large_b_blocks_ahead(dtype, tiny):
 
 @pytest.mark.skipif(not TILES, reason="the tiles need AVX2 and FMA")
 def test_tiles_take_only_their_shapes():
-    """The tiles take C = op(A) op(B)'s whole tiles, the corner of m − m mod MR rows by n − n
-    mod ``tile_cols`` columns (``gemm`` gives the rest to the BLAS); no terms, a corner below
-    the BLAS's small-matrix sizes, or B's rows (or a transposed A's) far apart give them none."""
+    """The tiles take C = op(A) op(B)'s whole strips, its m ≥ MR rows by n − n mod ``tile_cols``
+    columns (``gemm`` gives the columns past them to the BLAS); fewer than MR rows, no terms,
+    strips below the BLAS's small-matrix sizes, or B's rows (or a transposed A's) far apart
+    give them none."""
     f32 = np.float32
     cols = int(tile_cols(np.empty((1, 1), f32)))
 
@@ -209,13 +210,13 @@ def test_tiles_take_only_their_shapes():
         return max(5, -(-(MIN_WORK_T if tb else MIN_WORK) // (m * n)))
 
     def tiles(a_shape, ta, b_shape, tb, c_shape, k, dtype=f32):
-        """Whether the tiles take C's whole tiles; (0, 0) where they take none."""
+        """Whether the tiles take C's whole strips; (0, 0) where they take none."""
         A, B, C = np.empty(a_shape, dtype), np.empty(b_shape, dtype), np.empty(c_shape, dtype)
-        corner = _tiles(A, ta, B, tb, C, k)
+        part = _tiles(A, ta, B, tb, C, k)
         m, n = c_shape
-        whole = (m - m % MR, n - n % int(tile_cols(C)))
-        assert corner in ((0, 0), whole)
-        return corner == whole
+        whole = (m, n - n % int(tile_cols(C)))
+        assert part in ((0, 0), whole)
+        return part == whole
 
     k = terms(MR, cols, False)
     assert tiles((MR, k), False, (k, cols), False, (MR, cols), k)
@@ -231,11 +232,11 @@ def test_tiles_take_only_their_shapes():
     assert tiles((MR + 2, k), False, (k, cols), False, (MR + 2, cols), k)  # 2 rows past a tile
     assert tiles((MR, k), False, (k, cols + 1), False, (MR, cols + 1), k)  # a column past
     assert tiles((2 * MR - 1, k), False, (k, 2 * cols - 1), False, (2 * MR - 1, 2 * cols - 1), k)
-    assert not tiles((MR - 1, k), False, (k, cols), False, (MR - 1, cols), k)  # no whole tile
-    assert not tiles((MR, k), False, (k, cols - 1), False, (MR, cols - 1), k)
-    if MIN_WORK > 1:  # the corner, not C, must be past the small sizes
+    assert not tiles((MR - 1, 2 * k), False, (2 * k, cols), False, (MR - 1, cols), 2 * k)
+    assert not tiles((MR, k), False, (k, cols - 1), False, (MR, cols - 1), k)  # no whole strip
+    if MIN_WORK > 1:  # the strips, not C, must be past the small sizes
         s = terms(MR, cols, False) - 1
-        assert not tiles((2 * MR - 1, s), False, (s, cols), False, (2 * MR - 1, cols), s)
+        assert not tiles((MR, s), False, (s, 2 * cols - 1), False, (MR, 2 * cols - 1), s)
     assert not tiles((MR, 0), False, (0, cols), False, (MR, cols), 0)  # no terms
     k = terms(near, cols, False)
     assert tiles((k, near), True, (k, cols), False, (near, cols), k)
@@ -266,29 +267,40 @@ def test_tiles_take_only_their_shapes():
     assert KC_BYTES % 64 == 0 and MC % MR == 0  # blocks of whole cache lines and whole tiles
 
 
-@settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 3), extra_rows=st.integers(0, MR - 1), cols=st.integers(1, 2),
+@settings(max_examples=50, deadline=None)
+@example(rows=3, extra_rows=5, cols=1, extra_cols=7, ta=False, tb=True, add=True,
+         direct=False, dtype="float32", seed=0)  # fmt: skip
+@example(rows=3, extra_rows=1, cols=2, extra_cols=9, ta=True, tb=False, add=False,
+         direct=False, dtype="float64", seed=1)  # fmt: skip
+@example(rows=0, extra_rows=3, cols=1, extra_cols=0, ta=False, tb=False, add=True,
+         direct=True, dtype="float32", seed=2)  # fmt: skip
+@given(rows=st.integers(0, 3), extra_rows=st.integers(0, MR - 1), cols=st.integers(1, 2),
        extra_cols=st.integers(0, 31), ta=st.booleans(), tb=st.booleans(), add=st.booleans(),
-       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 99))  # fmt: skip
-def test_gemm_tiles_the_corner_and_blas_the_edges(rows, extra_rows, cols, extra_cols, ta, tb,
-                                                 add, dtype, seed):  # fmt: skip
-    """C with rows past its last whole tile and columns past its last whole strip (a batch
-    of 100 rows, a width of 200): ``gemm`` and ``gemm_add`` give the tiles the corner of whole
-    tiles and the BLAS the rest, numpy's product (added with ``add``) in every element, the
-    columns beside C untouched."""
+       direct=st.booleans(), dtype=st.sampled_from(["float32", "float64"]),
+       seed=st.integers(0, 99))  # fmt: skip
+def test_tiles_take_ragged_c(rows, extra_rows, cols, extra_cols, ta, tb, add, direct, dtype,
+                             seed):  # fmt: skip
+    """C with rows past its last whole tile (a batch of 100 rows: a strip's last tile has
+    fewer than MR) and columns past its last whole strip (a width of 200: the BLAS takes
+    them), by ``gemm``/``gemm_add`` or (whole strips) by the tiles themselves: numpy's product
+    (added with ``add``) in every element, the columns beside C and the rows below untouched."""
     rng = np.random.default_rng(seed)
     tc = int(tile_cols(np.empty((1, 1), dtype)))
-    m, n = MR * rows + extra_rows, tc * cols + extra_cols % tc
-    k = max(5, -(-max(MIN_WORK, MIN_WORK_T) // ((m - m % MR) * (n - n % tc))))  # past the small
+    m = max(1, MR * rows + extra_rows)
+    n = tc * cols + (0 if direct else extra_cols % tc)
+    k = max(5, -(-max(MIN_WORK, MIN_WORK_T) // (m * (n - n % tc))))  # past the small sizes
     A = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
     B = rng.normal(size=(n, k) if tb else (k, n)).astype(dtype)
-    C = rng.normal(size=(m, n + 5)).astype(dtype)
+    whole = rng.normal(size=(m + MR, n + 5)).astype(dtype)  # C and MR rows below it
+    C, below = whole[:m], whole[m:].copy()
     before = C.copy()
-    corner = _tiled_block(A, ta, B, tb, C, 3, n, add, False)
-    assert corner in ((0, 0), (m - m % MR, n - n % tc))
+    part = _tiled_block(A, ta, B, tb, C, 3, n, add, direct)
+    assert np.array_equal(whole[m:], below)
+    assert part in ((0, 0), (m, n - n % tc))
     near = ROW_BYTES_F64 if dtype == "float64" else ROW_BYTES
     far = (ta and m * A.itemsize > near) or (k if tb else n) * B.itemsize > near
-    assert (corner != (0, 0)) == (TILES and (not far or (ANY_ROWS_F32 and dtype == "float32")))
+    tiles = TILES and m >= MR and (not far or (ANY_ROWS_F32 and dtype == "float32"))
+    assert (part != (0, 0)) == tiles
     want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
     if add:
         want += before[:, 3 : 3 + n]
