@@ -99,6 +99,19 @@ def _tiled_block(A, ta, B, tb, C, c0, n, add, direct):
     return _tiles(A, ta, B, tb, D, k)
 
 
+def _assert_product_in_block(A, ta, B, tb, C, before, n, add):
+    """C's columns 3 … 3 + n − 1 hold op(A) op(B) (added to ``before``'s with ``add``), to
+    the dtype's rounding over the sum's terms, and the columns beside them are as before."""
+    k = A.shape[0] if ta else A.shape[1]
+    want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+    if add:
+        want += before[:, 3 : 3 + n]
+    tol = 1e-13 if C.dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(C[:, 3 : 3 + n], want, rtol=tol, atol=tol * np.sqrt(k + 1))
+    assert np.array_equal(C[:, :3], before[:, :3])
+    assert np.array_equal(C[:, 3 + n :], before[:, 3 + n :])
+
+
 @settings(max_examples=60, deadline=None)
 @given(rows=st.integers(1, 40), cols=st.integers(1, 3), k=st.integers(1, 700), ta=st.booleans(),
        tb=st.booleans(), add=st.booleans(), direct=st.booleans(),
@@ -121,13 +134,7 @@ def test_tiles_are_the_matrix_product(rows, cols, k, ta, tb, add, direct, dtype,
     big = m * n * k >= (MIN_WORK_T if tb else MIN_WORK)
     tiles = TILES and (near or (ANY_ROWS_F32 and dtype == "float32")) and big
     assert takes == ((m, n) if tiles else (0, 0))
-    want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
-    if add:
-        want += before[:, 3 : 3 + n]
-    tol = 1e-13 if dtype == "float64" else 1e-5
-    np.testing.assert_allclose(C[:, 3 : 3 + n], want, rtol=tol, atol=tol * np.sqrt(k + 1))
-    assert np.array_equal(C[:, :3], before[:, :3])
-    assert np.array_equal(C[:, 3 + n :], before[:, 3 + n :])
+    _assert_product_in_block(A, ta, B, tb, C, before, n, add)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -301,13 +308,7 @@ def test_tiles_take_ragged_c(rows, extra_rows, cols, extra_cols, ta, tb, add, di
     far = (ta and m * A.itemsize > near) or (k if tb else n) * B.itemsize > near
     tiles = TILES and m >= MR and (not far or (ANY_ROWS_F32 and dtype == "float32"))
     assert (part != (0, 0)) == tiles
-    want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
-    if add:
-        want += before[:, 3 : 3 + n]
-    tol = 1e-13 if dtype == "float64" else 1e-5
-    np.testing.assert_allclose(C[:, 3 : 3 + n], want, rtol=tol, atol=tol * np.sqrt(k + 1))
-    assert np.array_equal(C[:, :3], before[:, :3])
-    assert np.array_equal(C[:, 3 + n :], before[:, 3 + n :])
+    _assert_product_in_block(A, ta, B, tb, C, before, n, add)
 
 
 SCRIPT = textwrap.dedent("""
