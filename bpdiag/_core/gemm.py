@@ -8,12 +8,12 @@ Two engines, one result to rounding:
   strip's last tile may have fewer) by ``NV`` vectors of C (AVX2's or AVX-512's), one
   multiply-add of a broadcast element of A and a vector of op(B) at a time, each strip of
   op(B) copied into a contiguous block on the stack while its first tile reads it (gathering
-  Wᵀ's columns one element at a time). At the step's
-  shapes (C up to a few hundred rows) it skips what a BLAS call spends on packing both
-  operands and clearing C: on the AVX2 EPYC host 35–38 GFLOP/s on one core where OpenBLAS's
-  sgemm runs 22–35, dgemm 17–19 against 11–17, and for a Wᵀ 19–37 against 16–35 (sgemm),
-  13–19 against 12–15 (dgemm); on the AVX-512 EPYC host 1.1–1.5× OpenBLAS's rate from 64 ×
-  128 × 128 to 128 × 256 × 256 in float32, 1.1–1.3× in float64 (``docs/performance.md``).
+  Wᵀ's columns one element at a time). At the step's shapes (C up to a few hundred rows) it
+  skips what a BLAS call spends on packing both operands and clearing C: on the AVX2 EPYC
+  host 35–38 GFLOP/s on one core where OpenBLAS's sgemm runs 22–35, dgemm 17–19 against
+  11–17, and for a Wᵀ 19–37 against 16–35 (sgemm), 13–19 against 12–15 (dgemm); on the
+  AVX-512 EPYC host 1.1–1.5× OpenBLAS's rate from 64 × 128 × 128 to 128 × 256 × 256 in
+  float32, 1.1–1.3× in float64 (``docs/performance.md``).
 - The BLAS: the columns of C past its last whole strip (a width of 200), small products
   OpenBLAS runs without packing, or B's rows (or a transposed A's) far apart (more than 1 KiB
   on AVX2 hosts; on AVX-512 hosts 4 KiB in float64, never in float32); and every product on
@@ -446,9 +446,10 @@ def _blocks(typingctx, A, a_rs, a_ks, B, ldb, tb, C, ldc, m, n, K, add):
 def tiled(A, ta, B, tb, C, add):
     """C (+ if add)= op(A) op(B) by tiles, blocked KC_BYTES / itemsize terms by MC rows by a
     strip of ``tile_cols`` columns: C (m, n) with n a multiple of ``tile_cols`` (the last tile
-    of a strip may have fewer than MR rows), k > 0 terms; rows contiguous as in ``gemm``. The first tile of each strip and block reads
-    op(B) (gathering it when B is transposed) and packs it; the others read the packed strip
-    (a transposed B with rows far apart: see ``_blocks_for``)."""
+    of a strip may have fewer than MR rows), k > 0 terms; rows contiguous as in ``gemm``. The
+    first tile of each strip and block reads op(B) (gathering it when B is transposed) and
+    packs it; the others read the packed strip (a transposed B with rows far apart: see
+    ``_blocks_for``)."""
     _tiled_columns(A, ta, B, tb, C, C.shape[1], add)
 
 
@@ -468,18 +469,18 @@ def _tiles(A, ta, B, tb, C, k):
     fewer), on a host where the tiles pay (``TILES``), m·n0·k at least ``MIN_WORK``
     (``MIN_WORK_T`` for B transposed), and B's rows and a transposed A's within
     ``ROW_BYTES`` of each other (float64 on AVX-512 hosts ``ROW_BYTES_F64``; float32 there at
-    any distance). A tile reads MR
-    elements of each of k rows of a transposed A, and a strip's first tile ``tile_cols``
-    elements of each of k rows of B; rows further apart than that land in too few of L1's
-    sets, and the BLAS, which packs both operands, is faster (one AVX2 core: Aᵀ 256 rows of 2
-    KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB apart as in L's δ_l W_l in float64,
-    10.7 against 11.6; 4 KiB in XL's float32, 21.6 against 22.8; on the AVX-512 host, before B
-    was read through first, an L float64 step with B's rows 2 KiB apart in the tiles took
-    1.03–1.17× the BLAS's time). Since a gathered Wᵀ's strips are packed apart from W's rows
-    and a large block of B is read through first (``_blocks_for``), on AVX-512 hosts float32
-    takes the tiles at any distance (``ANY_ROWS_F32``; the steps of nets of width 512–2048 took
-    0.84–0.93 of the BLAS's time), float64 up to 4 KiB (``ROW_BYTES_F64``; L and mid 0.89–0.94,
-    XL's 8 KiB level) (``docs/performance.md``).
+    any distance). A tile reads MR elements of each of k rows of a transposed A, and a strip's
+    first tile ``tile_cols`` elements of each of k rows of B; rows further apart than that
+    land in too few of L1's sets, and the BLAS, which packs both operands, is faster (one AVX2
+    core: Aᵀ 256 rows of 2 KiB, dgemm 15.3 against 16.1 GFLOP/s; B rows 2 KiB apart as in L's
+    δ_l W_l in float64, 10.7 against 11.6; 4 KiB in XL's float32, 21.6 against 22.8; on the
+    AVX-512 host, before B was read through first, an L float64 step with B's rows 2 KiB
+    apart in the tiles took 1.03–1.17× the BLAS's time). Since a gathered Wᵀ's strips are
+    packed apart from W's rows and a large block of B is read through first
+    (``_blocks_for``), on AVX-512 hosts float32 takes the tiles at any distance
+    (``ANY_ROWS_F32``; the steps of nets of width 512–2048 took 0.84–0.93 of the BLAS's time),
+    float64 up to 4 KiB (``ROW_BYTES_F64``; L and mid 0.89–0.94, XL's 8 KiB level)
+    (``docs/performance.md``).
     OpenBLAS's SkylakeX kernels run products of up to 10⁶ multiply-adds without packing: for B
     as it is they beat the tiles up to 32 × 128 × 128 (0.35–0.99 of their rate), and for B
     transposed up to 16 × 64 × 64 (0.55–0.91)."""
@@ -519,7 +520,7 @@ def _tiled_product(A, ta, B, tb, C, n0, add):
     """C (+ if add)= op(A) op(B) with ``tiled`` on C's first n0 columns (whole strips:
     ``_tiles``) and the BLAS on the columns past them. Not inlined: compiled once per type of
     its arguments, not again in every kernel that multiplies (inlined, compiling everything
-    into an empty cache took 205–213 s, not 131–136 s), and called only where the tiles take
+    into an empty cache took 205–213 s, not 131–142 s), and called only where the tiles take
     a part of C, never for the smallest products."""
     m, n = C.shape
     _tiled_columns(A, ta, B, tb, C, n0, add)
