@@ -296,11 +296,11 @@ def _strip(typingctx, C):
 
 
 @intrinsic
-def _fortran_gemm(typingctx, transa, transb, m, n, k, A, a0, lda, B, b0, ldb, beta, C, c0, ldc):
-    """Column-major C (m × n) = op(A) op(B) + beta C by the bound Fortran ?gemm (alpha 1),
-    each matrix from element a0, b0, c0 of its array's data; transa/transb are ord('N') or
+def _fortran_gemm(typingctx, transa, transb, m, n, k, A, a0, lda, B, ldb, beta, C, c0, ldc):
+    """Column-major C (m × n) = op(A) op(B) + beta C by the bound Fortran ?gemm (alpha 1), A
+    and C from element a0 and c0 of their arrays' data; transa/transb are ord('N') or
     ord('T'). The scalars go by pointer, on the stack."""
-    sig = types.void(transa, transb, m, n, k, A, a0, lda, B, b0, ldb, beta, C, c0, ldc)
+    sig = types.void(transa, transb, m, n, k, A, a0, lda, B, ldb, beta, C, c0, ldc)
 
     def codegen(context, builder, signature, args):
         i8p = ir.IntType(8).as_pointer()
@@ -314,17 +314,18 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, A, a0, lda, B, b0, ldb, be
         def int_ref(value, width=32):
             return by_ref(builder.trunc(value, ir.IntType(width)))
 
-        def data(value, aty, offset, oty):
+        def data(value, aty, offset=None, oty=None):
             start = context.make_array(aty)(context, builder, value).data
-            at = context.cast(builder, offset, oty, types.intp)
-            return builder.bitcast(builder.gep(start, [at]), i8p)
+            if offset is not None:
+                start = builder.gep(start, [context.cast(builder, offset, oty, types.intp)])
+            return builder.bitcast(start, i8p)
 
-        ta, tb, m_, n_, k_, a, a0_, lda_, b, b0_, ldb_, beta_, c, c0_, ldc_ = args
+        ta, tb, m_, n_, k_, a, a0_, lda_, b, ldb_, beta_, c, c0_, ldc_ = args
         one = by_ref(context.get_constant(C.dtype, 1.0))
         beta_c = by_ref(context.cast(builder, beta_, beta, C.dtype))
         builder.call(fn, [int_ref(ta, 8), int_ref(tb, 8), int_ref(m_), int_ref(n_), int_ref(k_),
-                          one, data(a, A, a0_, a0), int_ref(lda_), data(b, B, b0_, b0),
-                          int_ref(ldb_), beta_c, data(c, C, c0_, c0), int_ref(ldc_)])  # fmt: skip
+                          one, data(a, A, a0_, a0), int_ref(lda_), data(b, B), int_ref(ldb_),
+                          beta_c, data(c, C, c0_, c0), int_ref(ldc_)])  # fmt: skip
         return context.get_dummy_value()
 
     return sig, codegen
@@ -500,19 +501,18 @@ def _tiles(A, ta, B, tb, C, k):
 def blas_gemm(A, ta, B, tb, C, beta):
     """C = op(A) op(B) + beta C in the bound BLAS, as ``gemm``: row-major C is column-major
     Cᵀ = op(B)ᵀ op(A)ᵀ, which is the call."""
-    m, n = C.shape
-    _blas_block(A, ta, B, tb, C, beta, 0, m, 0, n)
+    _blas_columns(A, ta, B, tb, C, beta, 0)
 
 
 @njit(cache=True, inline="always")
-def _blas_block(A, ta, B, tb, C, beta, r0, r1, c0, c1):
-    """C[r0:r1, c0:c1] = op(A)[r0:r1] op(B)[:, c0:c1] + beta C[r0:r1, c0:c1] in the BLAS
-    (``blas_gemm``'s call on the blocks' first elements)."""
+def _blas_columns(A, ta, B, tb, C, beta, c0):
+    """C[:, c0:] = op(A) op(B)[:, c0:] + beta C[:, c0:] in the BLAS (``blas_gemm``'s call,
+    op(B) and C from their column c0)."""
+    m, n = C.shape
     k = A.shape[0] if ta else A.shape[1]
-    lda, ldb, ldc = _ld(A), _ld(B), _ld(C)
-    _fortran_gemm(_T if tb else _N, _T if ta else _N, c1 - c0, r1 - r0, k,
-                  B, c0 * ldb if tb else c0, ldb, A, r0 if ta else r0 * lda, lda,
-                  beta, C, r0 * ldc + c0, ldc)  # fmt: skip
+    ldb = _ld(B)
+    _fortran_gemm(_T if tb else _N, _T if ta else _N, n - c0, m, k, B, c0 * ldb if tb else c0,
+                  ldb, A, _ld(A), beta, C, c0, _ld(C))  # fmt: skip
 
 
 @njit(cache=True)
@@ -522,10 +522,9 @@ def _tiled_product(A, ta, B, tb, C, n0, add):
     its arguments, not again in every kernel that multiplies (inlined, compiling everything
     into an empty cache took 205–213 s, not 131–142 s), and called only where the tiles take
     a part of C, never for the smallest products."""
-    m, n = C.shape
     _tiled_columns(A, ta, B, tb, C, n0, add)
-    if n0 < n:
-        _blas_block(A, ta, B, tb, C, 1.0 if add else 0.0, 0, m, n0, n)
+    if n0 < C.shape[1]:
+        _blas_columns(A, ta, B, tb, C, 1.0 if add else 0.0, n0)
 
 
 @njit(cache=True, inline="always")
